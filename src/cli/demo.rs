@@ -1,0 +1,70 @@
+//! `marklens demo`: the bundled demo, end to end: enrol the demo gallery of real
+//! marks, screen the demo photos, write an HTML report.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use super::Global;
+use super::enroll::{enroll_entries, read_manifest};
+use super::search::screen;
+
+/// The fixtures folder of the source tree this binary was built from.
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures");
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Folder with gallery.csv, gallery/ and queries/ (default: the bundled fixtures).
+    #[arg(long, default_value = FIXTURES, value_name = "DIR")]
+    pub fixtures: PathBuf,
+    /// Where to write the screening report.
+    #[arg(long, default_value = "marklens-demo-report.html", value_name = "FILE")]
+    pub report: PathBuf,
+}
+
+pub fn run(global: &Global, args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let engine = global.open()?;
+    let info = engine.info()?;
+    println!(
+        "marklens demo: model {} on {}, data in {}",
+        info.model,
+        info.backend,
+        info.data_dir.display()
+    );
+    let entries = read_manifest(&args.fixtures.join("gallery.csv"))?;
+    let total = entries.len();
+    let started = std::time::Instant::now();
+    let summary = enroll_entries(&engine, entries, 64, global.max_image_bytes);
+    println!(
+        "gallery: {total} real marks in {:.1} s ({} new, {} already recorded, {} failed)",
+        started.elapsed().as_secs_f64(),
+        summary.created + summary.replaced,
+        summary.unchanged + summary.updated,
+        summary.failed.len()
+    );
+    for (file, reason) in &summary.failed {
+        eprintln!("failed: {}: {reason}", file.display());
+    }
+    engine.flush()?;
+
+    let photos = super::image_files(&args.fixtures.join("queries"))?;
+    let options = marklens::SearchOptions {
+        top_k: 5,
+        ..marklens::SearchOptions::default()
+    };
+    let reports = screen(&engine, &photos, &options, global.max_image_bytes);
+    marklens::report::write(&args.report, &reports, &|id| engine.image(id).ok())?;
+    let mut totals: Vec<f64> = reports
+        .iter()
+        .filter_map(|r| r.timings.map(|t| t.total_ms))
+        .collect();
+    totals.sort_by(f64::total_cmp);
+    let median = totals.get(totals.len() / 2).copied().unwrap_or(0.0);
+    println!(
+        "screened {} photos (median {median:.1} ms each); report: {}",
+        reports.len(),
+        args.report.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,230 @@
+//! `marklens search`, `marklens screen` and `marklens embed`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use marklens::report::{self, QueryReport};
+use marklens::{Engine, MarkStatus, SearchFilter, SearchOptions, SearchResult};
+
+use super::{Global, image_files, progress, read_limited};
+
+/// Options shared by `search` and `screen`.
+#[derive(Debug, Args)]
+pub struct MatchArgs {
+    /// Number of matches to return per photo (1-100).
+    #[arg(long, short = 'k', default_value_t = 5, value_name = "N")]
+    pub top_k: usize,
+
+    /// Drop matches scoring below this cosine similarity (-1 to 1).
+    #[arg(long, default_value_t = 0.0, value_name = "SCORE")]
+    pub min_score: f32,
+
+    /// Only marks in this Nice class (repeatable: any of them).
+    #[arg(long = "class", value_name = "N")]
+    pub classes: Vec<u8>,
+
+    /// Only marks with this status (repeatable).
+    #[arg(long = "status", value_name = "STATUS")]
+    pub statuses: Vec<MarkStatus>,
+
+    /// Only marks whose holder contains this text (case-insensitive).
+    #[arg(long, value_name = "TEXT")]
+    pub holder: Option<String>,
+}
+
+impl MatchArgs {
+    pub fn options(&self) -> SearchOptions {
+        SearchOptions {
+            top_k: self.top_k,
+            min_score: self.min_score,
+            filter: SearchFilter {
+                nice_classes: self.classes.clone(),
+                statuses: self.statuses.clone(),
+                holder: self.holder.clone(),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    /// The photo to search.
+    pub image: PathBuf,
+    #[command(flatten)]
+    pub matching: MatchArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ScreenArgs {
+    /// Folder of photos (searched recursively), or a single photo.
+    pub dir: PathBuf,
+    /// Report file; the extension picks the format: .json, .csv or .html.
+    #[arg(long, short, value_name = "FILE")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub matching: MatchArgs,
+}
+
+pub fn run_search(global: &Global, args: SearchArgs) -> anyhow::Result<ExitCode> {
+    let bytes = read_limited(&args.image, global.max_image_bytes)?;
+    let engine = global.open()?;
+    let result = engine
+        .search(&bytes, &args.matching.options())
+        .with_context(|| format!("{}", args.image.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        print_table(&args.image, &result);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_table(image: &Path, result: &SearchResult) {
+    let t = &result.timings;
+    println!(
+        "{}: {} match(es) in {:.1} ms (decode {:.1}, preprocess {:.1}, embed {:.1}, search {:.1})",
+        image.display(),
+        result.matches.len(),
+        t.total_ms,
+        t.decode_ms,
+        t.preprocess_ms,
+        t.embed_ms,
+        t.search_ms
+    );
+    if result.matches.is_empty() {
+        return;
+    }
+    println!(
+        "{:>4}  {:>6}  {:<24} {:<24} {:<28} {:<18} {:<9}",
+        "rank", "score", "mark id", "name", "holder", "recordation", "status"
+    );
+    for m in &result.matches {
+        let f = &m.record.fields;
+        println!(
+            "{:>4}  {:>6.3}  {:<24} {:<24} {:<28} {:<18} {:<9}",
+            m.rank,
+            m.score,
+            clip(&m.record.id, 24),
+            clip(f.name.as_deref().unwrap_or("-"), 24),
+            clip(f.holder.as_deref().unwrap_or("-"), 28),
+            clip(f.recordation_number.as_deref().unwrap_or("-"), 18),
+            f.status
+        );
+    }
+}
+
+fn clip(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        text.to_owned()
+    } else {
+        let mut clipped: String = text.chars().take(width - 1).collect();
+        clipped.push('~');
+        clipped
+    }
+}
+
+pub fn run_screen(global: &Global, args: ScreenArgs) -> anyhow::Result<ExitCode> {
+    if report::Format::from_path(&args.out).is_none() {
+        anyhow::bail!(
+            "{}: unknown report format (use .json, .csv or .html)",
+            args.out.display()
+        );
+    }
+    let photos = image_files(&args.dir)?;
+    let engine = global.open()?;
+    let reports = screen(
+        &engine,
+        &photos,
+        &args.matching.options(),
+        global.max_image_bytes,
+    );
+    report::write(&args.out, &reports, &|id| engine.image(id).ok())?;
+    let unreadable = reports.iter().filter(|r| r.error.is_some()).count();
+    let matched = reports.iter().filter(|r| !r.matches.is_empty()).count();
+    println!(
+        "{} photos screened: {matched} with matches, {unreadable} unreadable; report: {}",
+        reports.len(),
+        args.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Searches every photo (in model-sized batches) with a progress bar. Unreadable
+/// photos are reported, not fatal.
+pub fn screen(
+    engine: &Engine,
+    photos: &[PathBuf],
+    options: &SearchOptions,
+    max_bytes: usize,
+) -> Vec<QueryReport> {
+    let bar = progress(photos.len(), "screening");
+    let mut reports = Vec::with_capacity(photos.len());
+    for chunk in photos.chunks(marklens::engine::EMBED_BATCH) {
+        let read: Vec<anyhow::Result<Vec<u8>>> =
+            chunk.iter().map(|p| read_limited(p, max_bytes)).collect();
+        let readable: Vec<&[u8]> = read
+            .iter()
+            .filter_map(|r| r.as_ref().ok().map(Vec::as_slice))
+            .collect();
+        let mut results = engine.search_many(&readable, options).into_iter();
+        for (path, bytes) in chunk.iter().zip(&read) {
+            let outcome = match bytes {
+                Ok(_) => results
+                    .next()
+                    .expect("one result per readable photo")
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(format!("{e:#}")),
+            };
+            reports.push(match outcome {
+                Ok(result) => QueryReport {
+                    query: path.clone(),
+                    matches: result.matches,
+                    timings: Some(result.timings),
+                    error: None,
+                },
+                Err(error) => QueryReport {
+                    query: path.clone(),
+                    matches: Vec::new(),
+                    timings: None,
+                    error: Some(error),
+                },
+            });
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    reports
+}
+
+/// Prints an image's embedding as JSON: model, fingerprint, backend and vector.
+pub fn run_embed(global: &Global, image: &Path) -> anyhow::Result<ExitCode> {
+    let config = global.engine_config()?;
+    let spec = match &config.model {
+        Some(path) => marklens::embed::ModelSpec::from_file(path)?,
+        None => marklens::embed::ModelSpec::builtin(),
+    };
+    let embedder = marklens::embed::Embedder::new(
+        spec,
+        &config.backend,
+        config.ort_library.as_deref(),
+        config.threads,
+    )?;
+    let bytes = read_limited(image, config.limits.max_bytes)?;
+    let decoded = marklens::imaging::decode(&bytes, &config.limits)
+        .with_context(|| format!("{}", image.display()))?;
+    let tensor = embedder.spec().preprocess.tensor(&[&decoded.image]);
+    let vector = embedder.embed(tensor.view())?.remove(0);
+    let out = serde_json::json!({
+        "model": embedder.spec().name,
+        "fingerprint": embedder.fingerprint(),
+        "backend": embedder.backend().name(),
+        "embedding": vector,
+    });
+    println!("{out}");
+    Ok(ExitCode::SUCCESS)
+}

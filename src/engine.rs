@@ -1,0 +1,1025 @@
+//! The library's front door: open a data directory; enrol, remove, look up and
+//! search recorded marks.
+//!
+//! The engine ties the stages together in one direction:
+//! bytes -> [`imaging`] -> tensor -> [`embed`] -> vector -> [`index`] -> candidates
+//! -> [`store`] records -> ranked [`Match`]es. The CLI and the gRPC service are thin
+//! faces over this API and hold no matching logic of their own.
+//!
+//! Concurrency: searches run in parallel under a read lock on the index; writes
+//! (enrol, remove, re-embed, snapshot) are serialised by a writer lock so that the
+//! in-memory index always reflects the store in commit order. All methods are
+//! blocking and CPU-bound: async callers run them on a blocking pool.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Instant;
+
+use ndarray::{Array4, Axis};
+use rayon::prelude::*;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::embed::{Backend, BackendChoice, EmbedError, Embedder, ModelSpec};
+use crate::imaging::{self, ImageError, Limits};
+use crate::index::{ExactIndex, HnswIndex, HnswParams, VectorIndex};
+use crate::store::{
+    IndexDelta, ListQuery, MarkFields, MarkRecord, MarkStatus, NewMark, PutOutcome, Store,
+    StoreError, VectorOwner,
+};
+
+/// File name of the database inside a data directory.
+pub const DB_FILE: &str = "marks.db";
+/// Folder of the index snapshot inside a data directory.
+pub const SNAPSHOT_DIR: &str = "index";
+const LOCK_FILE: &str = "lock";
+/// Images per model call: measured best throughput on 2 cores (docs/benchmarks.md).
+pub const EMBED_BATCH: usize = 8;
+/// Largest `top_k` a search may ask for.
+pub const MAX_TOP_K: usize = 100;
+/// Longest mark id accepted, in bytes.
+pub const MAX_ID_LEN: usize = 256;
+
+/// Which index serves searches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexChoice {
+    /// Exact search below `exact_below` vectors, HNSW from there on.
+    Auto {
+        exact_below: usize,
+    },
+    Exact,
+    Hnsw,
+}
+
+impl Default for IndexChoice {
+    fn default() -> Self {
+        IndexChoice::Auto {
+            exact_below: 20_000,
+        }
+    }
+}
+
+/// How to open an engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub data_dir: PathBuf,
+    /// An ONNX model with the built-in contract; `None` uses the built-in model.
+    pub model: Option<PathBuf>,
+    pub backend: BackendChoice,
+    /// Explicit path to `libonnxruntime.so`.
+    pub ort_library: Option<PathBuf>,
+    /// Model runtime threads (0: one per core).
+    pub threads: usize,
+    pub limits: Limits,
+    pub index: IndexChoice,
+    pub hnsw: HnswParams,
+    /// Open even if some marks were embedded by another model (they are not
+    /// searchable until [`Engine::reembed_stale`] runs). Without it, such a store is
+    /// refused.
+    pub allow_stale_model: bool,
+}
+
+impl EngineConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        EngineConfig {
+            data_dir: data_dir.into(),
+            model: None,
+            backend: BackendChoice::Auto,
+            ort_library: None,
+            threads: 0,
+            limits: Limits::default(),
+            index: IndexChoice::default(),
+            hnsw: HnswParams::default(),
+            allow_stale_model: false,
+        }
+    }
+}
+
+/// Why an engine operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("no mark with id {0:?}")]
+    NotFound(String),
+    #[error(
+        "the store holds vectors from model(s) {stored:?} but this engine runs {current}; \
+         run `marklens reembed` to re-embed them, or open with the model that made them"
+    )]
+    ModelMismatch {
+        stored: Vec<String>,
+        current: String,
+    },
+    #[error("data directory {path} is in use by another marklens process")]
+    Locked { path: PathBuf },
+    #[error("data directory {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("not recorded: the batch's transaction failed: {0}")]
+    BatchAborted(String),
+    #[error(transparent)]
+    Embed(#[from] EmbedError),
+}
+
+/// A mark to enrol.
+#[derive(Debug, Clone)]
+pub struct EnrollRequest {
+    pub id: String,
+    pub fields: MarkFields,
+    /// The encoded source image (any accepted format).
+    pub image: Vec<u8>,
+}
+
+/// What enrolment did with one mark.
+pub type EnrollOutcome = PutOutcome;
+
+/// Filters applied to search candidates.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SearchFilter {
+    /// Keep marks in any of these Nice classes (empty: all).
+    pub nice_classes: Vec<u8>,
+    /// Keep marks with one of these statuses (empty: all).
+    pub statuses: Vec<MarkStatus>,
+    /// Keep marks whose holder contains this text, case-insensitively.
+    pub holder: Option<String>,
+}
+
+impl SearchFilter {
+    fn is_empty(&self) -> bool {
+        self.nice_classes.is_empty() && self.statuses.is_empty() && self.holder.is_none()
+    }
+}
+
+/// Search parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchOptions {
+    /// Matches to return (1..=[`MAX_TOP_K`]).
+    pub top_k: usize,
+    /// Drop matches scoring below this cosine similarity.
+    pub min_score: f32,
+    pub filter: SearchFilter,
+}
+
+impl Default for SearchOptions {
+    fn default() -> Self {
+        SearchOptions {
+            top_k: 10,
+            min_score: 0.0,
+            filter: SearchFilter::default(),
+        }
+    }
+}
+
+/// One ranked match.
+#[derive(Debug, Clone, Serialize)]
+pub struct Match {
+    /// 1 for the best match.
+    pub rank: usize,
+    /// Cosine similarity of the best view of the mark, in -1..=1.
+    pub score: f32,
+    pub record: MarkRecord,
+}
+
+/// Wall time spent in each stage of one search, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct StageTimings {
+    pub decode_ms: f64,
+    pub preprocess_ms: f64,
+    pub embed_ms: f64,
+    pub search_ms: f64,
+    pub total_ms: f64,
+}
+
+/// The answer to one search.
+#[derive(Debug, Clone, Serialize)]
+pub struct SearchResult {
+    pub matches: Vec<Match>,
+    pub timings: StageTimings,
+}
+
+/// A snapshot of the engine's state for `info` and the service's stats.
+#[derive(Debug, Clone, Serialize)]
+pub struct EngineInfo {
+    pub data_dir: PathBuf,
+    pub model: String,
+    pub model_sha256: String,
+    pub fingerprint: String,
+    pub backend: Backend,
+    pub dim: usize,
+    pub index: &'static str,
+    pub indexed_vectors: usize,
+    pub tombstones: usize,
+    pub marks: usize,
+    pub vectors: usize,
+    pub image_bytes: u64,
+    pub database_bytes: u64,
+}
+
+/// A decoded, preprocessed image ready for the model.
+struct Prepared {
+    tensor: Array4<f32>,
+    format: String,
+    timings: StageTimings,
+}
+
+/// What a search needs to know about an indexed vector without touching the store.
+#[derive(Debug)]
+struct Owner {
+    mark_id: Arc<str>,
+    status: MarkStatus,
+    holder_lower: Option<String>,
+    nice_classes: Vec<u8>,
+}
+
+impl Owner {
+    fn from_store(o: VectorOwner) -> (u64, Owner) {
+        (
+            o.vid,
+            Owner {
+                mark_id: o.mark_id.into(),
+                status: o.status,
+                holder_lower: o.holder.map(|h| h.to_lowercase()),
+                nice_classes: o.nice_classes,
+            },
+        )
+    }
+
+    fn passes(&self, filter: &SearchFilter, holder_lower: Option<&str>) -> bool {
+        (filter.statuses.is_empty() || filter.statuses.contains(&self.status))
+            && (filter.nice_classes.is_empty()
+                || self
+                    .nice_classes
+                    .iter()
+                    .any(|c| filter.nice_classes.contains(c)))
+            && holder_lower.is_none_or(|wanted| {
+                self.holder_lower
+                    .as_deref()
+                    .is_some_and(|h| h.contains(wanted))
+            })
+    }
+}
+
+/// The searchable state: the index and the owner of every indexed vector.
+struct Searchable {
+    index: Box<dyn VectorIndex>,
+    owners: HashMap<u64, Owner>,
+}
+
+/// An open data directory with its model loaded.
+pub struct Engine {
+    config: EngineConfig,
+    embedder: Embedder,
+    store: Mutex<Store>,
+    searchable: RwLock<Searchable>,
+    /// Serialises writers (see the module docs).
+    writer: Mutex<()>,
+    _lock: File,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("data_dir", &self.config.data_dir)
+            .field("embedder", &self.embedder)
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Opens (creating if needed) a data directory: takes its lock, loads the model,
+    /// opens the store and brings the index up to date with it.
+    pub fn open(config: EngineConfig) -> Result<Engine, EngineError> {
+        let dir = &config.data_dir;
+        let io_err = |source| EngineError::Io {
+            path: dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io_err)?;
+        let lock = File::create(dir.join(LOCK_FILE)).map_err(io_err)?;
+        if lock.try_lock().is_err() {
+            return Err(EngineError::Locked { path: dir.clone() });
+        }
+
+        let spec = match &config.model {
+            Some(path) => ModelSpec::from_file(path)?,
+            None => ModelSpec::builtin(),
+        };
+        let embedder = Embedder::new(
+            spec,
+            &config.backend,
+            config.ort_library.as_deref(),
+            config.threads,
+        )?;
+        let store = Store::open(&dir.join(DB_FILE))?;
+        let fingerprint = embedder.fingerprint().to_owned();
+        let stale: Vec<String> = store
+            .models()?
+            .into_iter()
+            .filter(|m| *m != fingerprint)
+            .collect();
+        if !stale.is_empty() && !config.allow_stale_model {
+            return Err(EngineError::ModelMismatch {
+                stored: stale,
+                current: fingerprint,
+            });
+        }
+
+        let started = Instant::now();
+        let searchable = load_searchable(&config, &store, &embedder)?;
+        tracing::info!(
+            index = searchable.index.kind(),
+            vectors = searchable.index.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "index ready"
+        );
+        Ok(Engine {
+            config,
+            embedder,
+            store: Mutex::new(store),
+            searchable: RwLock::new(searchable),
+            writer: Mutex::new(()),
+            _lock: lock,
+        })
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    pub fn embedder(&self) -> &Embedder {
+        &self.embedder
+    }
+
+    /// Enrols one mark.
+    pub fn enroll(&self, request: EnrollRequest) -> Result<EnrollOutcome, EngineError> {
+        self.enroll_many(vec![request])
+            .pop()
+            .expect("one result per request")
+    }
+
+    /// Enrols a batch of marks and returns one result per request, in order. Valid
+    /// marks are recorded even when others in the batch fail. A mark whose id, image
+    /// and fields are already recorded is not re-embedded, so re-running an
+    /// interrupted bulk load only does the remaining work.
+    pub fn enroll_many(
+        &self,
+        requests: Vec<EnrollRequest>,
+    ) -> Vec<Result<EnrollOutcome, EngineError>> {
+        let _writer = self.lock_writer();
+        let fingerprint = self.embedder.fingerprint().to_owned();
+        let mut results: Vec<Option<Result<EnrollOutcome, EngineError>>> =
+            (0..requests.len()).map(|_| None).collect();
+
+        // 1. Validate and hash; find what needs the model.
+        let mut prepared: Vec<(usize, NewMark, bool)> = Vec::new();
+        for (i, request) in requests.into_iter().enumerate() {
+            if let Err(e) = validate_id(&request.id).and_then(|()| {
+                request
+                    .fields
+                    .validate()
+                    .map_err(EngineError::InvalidArgument)
+            }) {
+                results[i] = Some(Err(e));
+                continue;
+            }
+            let sha = hex_sha256(&request.image);
+            let known = match self.lock_store().fingerprint_of(&request.id) {
+                Ok(known) => known,
+                Err(e) => {
+                    results[i] = Some(Err(e.into()));
+                    continue;
+                }
+            };
+            let needs_model = known != Some((sha.clone(), fingerprint.clone()));
+            prepared.push((
+                i,
+                NewMark {
+                    id: request.id,
+                    fields: request.fields,
+                    image: request.image,
+                    image_sha256: sha,
+                    image_format: String::new(),
+                    views: Vec::new(),
+                },
+                needs_model,
+            ));
+        }
+
+        // 2. Decode, preprocess and embed what is new (in parallel, then in batches).
+        let to_embed: Vec<usize> = (0..prepared.len()).filter(|&p| prepared[p].2).collect();
+        for chunk in to_embed.chunks(EMBED_BATCH) {
+            let images: Vec<&[u8]> = chunk.iter().map(|&p| &prepared[p].1.image[..]).collect();
+            let embedded = self.embed_images(&images);
+            for (&p, outcome) in chunk.iter().zip(embedded) {
+                match outcome {
+                    Ok((vector, format)) => {
+                        prepared[p].1.views = vec![vector];
+                        prepared[p].1.image_format = format;
+                    }
+                    Err(e) => results[prepared[p].0] = Some(Err(e)),
+                }
+            }
+        }
+        if prepared
+            .iter()
+            .any(|(_, m, needs)| !needs && m.image_format.is_empty())
+        {
+            // Unchanged images keep their recorded format.
+            let store = self.lock_store();
+            for (_, mark, _) in prepared.iter_mut().filter(|(_, _, needs)| !needs) {
+                if let Ok(Some(record)) = store.get(&mark.id) {
+                    mark.image_format = record.image_format;
+                }
+            }
+        }
+
+        // 3. Record everything that is ready in one transaction, then index it.
+        let ready: Vec<(usize, NewMark)> = prepared
+            .into_iter()
+            .filter(|(i, _, _)| results[*i].is_none())
+            .map(|(i, m, _)| (i, m))
+            .collect();
+        if !ready.is_empty() {
+            let marks: Vec<NewMark> = ready.iter().map(|(_, m)| m.clone()).collect();
+            let put = self.lock_store().put(&marks, &fingerprint);
+            match put {
+                Ok((outcomes, delta)) => {
+                    let changed: Vec<&str> = marks
+                        .iter()
+                        .zip(&outcomes)
+                        .filter(|(_, o)| **o != PutOutcome::Unchanged)
+                        .map(|(m, _)| m.id.as_str())
+                        .collect();
+                    if let Err(e) = self.apply(&delta, &changed) {
+                        tracing::error!(error = %e, "index update failed after commit");
+                    }
+                    for ((i, _), outcome) in ready.iter().zip(outcomes) {
+                        results[*i] = Some(Ok(outcome));
+                    }
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    for (i, _) in &ready {
+                        results[*i] = Some(Err(EngineError::BatchAborted(message.clone())));
+                    }
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every request gets a result"))
+            .collect()
+    }
+
+    /// Decodes and preprocesses images in parallel, timing each one's stages.
+    fn prepare(&self, images: &[&[u8]]) -> Vec<Result<Prepared, EngineError>> {
+        let pre = self.embedder.spec().preprocess;
+        let limits = self.config.limits;
+        images
+            .par_iter()
+            .map(|bytes| {
+                let t0 = Instant::now();
+                let image = imaging::decode(bytes, &limits)?;
+                let t1 = Instant::now();
+                let tensor = pre.tensor(&[&image.image]);
+                Ok(Prepared {
+                    tensor,
+                    format: format_name(image.format),
+                    timings: StageTimings {
+                        decode_ms: ms(t1 - t0),
+                        preprocess_ms: ms(t1.elapsed()),
+                        ..StageTimings::default()
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// Embeds the successfully prepared images as one model batch; returns their
+    /// vectors in order and the model time in milliseconds.
+    fn embed_prepared(
+        &self,
+        prepared: &[Result<Prepared, EngineError>],
+    ) -> Result<(Vec<Vec<f32>>, f64), EmbedError> {
+        let tensors: Vec<_> = prepared
+            .iter()
+            .filter_map(|p| p.as_ref().ok().map(|p| p.tensor.view()))
+            .collect();
+        if tensors.is_empty() {
+            return Ok((Vec::new(), 0.0));
+        }
+        let started = Instant::now();
+        let batch = ndarray::concatenate(Axis(0), &tensors).expect("equal tensor shapes");
+        let vectors = self.embedder.embed(batch.view())?;
+        Ok((vectors, ms(started.elapsed())))
+    }
+
+    /// Decodes, preprocesses and embeds images as one model batch. Returns each
+    /// image's vector and format name, or why that image failed.
+    fn embed_images(&self, images: &[&[u8]]) -> Vec<Result<(Vec<f32>, String), EngineError>> {
+        let prepared = self.prepare(images);
+        let mut vectors = match self.embed_prepared(&prepared) {
+            Ok((vectors, _)) => vectors.into_iter(),
+            Err(e) => return fail_all(prepared.len(), &e),
+        };
+        prepared
+            .into_iter()
+            .map(|p| p.map(|p| (vectors.next().expect("one vector per image"), p.format)))
+            .collect()
+    }
+
+    /// Applies a committed change to the index and the owner table. `changed` are the
+    /// marks whose fields may have changed.
+    fn apply(&self, delta: &IndexDelta, changed: &[&str]) -> Result<(), EngineError> {
+        let owners: Vec<VectorOwner> = {
+            let store = self.lock_store();
+            let mut owners = Vec::new();
+            for id in changed {
+                owners.extend(store.owners_of(id)?);
+            }
+            owners
+        };
+        let mut searchable = self.write_searchable();
+        for label in &delta.removed {
+            searchable.index.remove(*label);
+            searchable.owners.remove(label);
+        }
+        searchable.index.insert(&delta.added);
+        for owner in owners {
+            let (vid, owner) = Owner::from_store(owner);
+            searchable.owners.insert(vid, owner);
+        }
+        self.maybe_switch_to_hnsw(&mut searchable);
+        Ok(())
+    }
+
+    /// Moves from exact search to HNSW once an automatic index outgrows exact search.
+    fn maybe_switch_to_hnsw(&self, searchable: &mut Searchable) {
+        let IndexChoice::Auto { exact_below } = self.config.index else {
+            return;
+        };
+        if searchable.index.kind() != "exact" || searchable.index.len() < exact_below {
+            return;
+        }
+        let started = Instant::now();
+        let mut graph = HnswIndex::new(
+            self.embedder.dim(),
+            self.config.hnsw,
+            searchable.index.len() * 2,
+        );
+        let store = self.lock_store();
+        let mut items = Vec::with_capacity(searchable.index.len());
+        let collected = store.for_each_vector(
+            self.embedder.fingerprint(),
+            self.embedder.dim(),
+            0,
+            |vid, v| items.push((vid, v)),
+        );
+        if let Err(e) = collected {
+            tracing::error!(error = %e, "cannot switch to the HNSW index; staying exact");
+            return;
+        }
+        graph.insert(&items);
+        searchable.index = Box::new(graph);
+        tracing::info!(
+            vectors = items.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "gallery outgrew exact search: switched to the HNSW index"
+        );
+    }
+
+    /// Removes a mark; it never appears in a search again.
+    pub fn remove(&self, id: &str) -> Result<(), EngineError> {
+        let _writer = self.lock_writer();
+        let removed = self
+            .lock_store()
+            .remove(id)?
+            .ok_or_else(|| EngineError::NotFound(id.to_owned()))?;
+        self.apply(
+            &IndexDelta {
+                removed,
+                added: Vec::new(),
+            },
+            &[],
+        )?;
+        self.compact_if_needed()?;
+        Ok(())
+    }
+
+    /// Rebuilds a graph index whose tombstones exceed a quarter of its size.
+    fn compact_if_needed(&self) -> Result<(), EngineError> {
+        let (tombstones, live) = {
+            let s = self.read_searchable();
+            (s.index.tombstones(), s.index.len())
+        };
+        if tombstones == 0 || tombstones * 4 < live + tombstones {
+            return Ok(());
+        }
+        tracing::info!(tombstones, live, "compacting the index");
+        let rebuilt = build_index(&self.config, &self.lock_store(), &self.embedder, live)?;
+        self.write_searchable().index = rebuilt;
+        Ok(())
+    }
+
+    pub fn get(&self, id: &str) -> Result<MarkRecord, EngineError> {
+        self.lock_store()
+            .get(id)?
+            .ok_or_else(|| EngineError::NotFound(id.to_owned()))
+    }
+
+    /// The recorded source image of a mark.
+    pub fn image(&self, id: &str) -> Result<Vec<u8>, EngineError> {
+        self.lock_store()
+            .image(id)?
+            .ok_or_else(|| EngineError::NotFound(id.to_owned()))
+    }
+
+    pub fn list(&self, query: &ListQuery) -> Result<Vec<MarkRecord>, EngineError> {
+        Ok(self.lock_store().list(query)?)
+    }
+
+    /// Searches one encoded image.
+    pub fn search(
+        &self,
+        image: &[u8],
+        options: &SearchOptions,
+    ) -> Result<SearchResult, EngineError> {
+        self.search_many(&[image], options)
+            .pop()
+            .expect("one result per image")
+    }
+
+    /// Searches several images, sharing model calls; one result per image, in order.
+    pub fn search_many(
+        &self,
+        images: &[&[u8]],
+        options: &SearchOptions,
+    ) -> Vec<Result<SearchResult, EngineError>> {
+        if let Err(e) = validate_options(options) {
+            let message = e.to_string();
+            return images
+                .iter()
+                .map(|_| Err(EngineError::InvalidArgument(message.clone())))
+                .collect();
+        }
+        let mut out = Vec::with_capacity(images.len());
+        for chunk in images.chunks(EMBED_BATCH) {
+            out.extend(self.search_chunk(chunk, options));
+        }
+        out
+    }
+
+    fn search_chunk(
+        &self,
+        images: &[&[u8]],
+        options: &SearchOptions,
+    ) -> Vec<Result<SearchResult, EngineError>> {
+        let batch_start = Instant::now();
+        let prepared = self.prepare(images);
+        let (vectors, embed_ms) = match self.embed_prepared(&prepared) {
+            Ok(done) => done,
+            Err(e) => return fail_all(prepared.len(), &e),
+        };
+        let mut vectors = vectors.into_iter();
+        prepared
+            .into_iter()
+            .map(|p| {
+                let mut timings = p?.timings;
+                let vector = vectors.next().expect("one vector per image");
+                let search_start = Instant::now();
+                let matches = self.rank(&vector, options)?;
+                timings.embed_ms = embed_ms;
+                timings.search_ms = ms(search_start.elapsed());
+                timings.total_ms = ms(batch_start.elapsed());
+                Ok(SearchResult { matches, timings })
+            })
+            .collect()
+    }
+
+    /// Searches with an embedding computed elsewhere (benchmarks, re-ranking).
+    pub fn search_vector(
+        &self,
+        vector: &[f32],
+        options: &SearchOptions,
+    ) -> Result<Vec<Match>, EngineError> {
+        validate_options(options)?;
+        if vector.len() != self.embedder.dim() {
+            return Err(EngineError::InvalidArgument(format!(
+                "vector has {} dimensions, the model makes {}",
+                vector.len(),
+                self.embedder.dim()
+            )));
+        }
+        self.rank(vector, options)
+    }
+
+    /// Candidates from the index, grouped by mark (best view wins), filtered,
+    /// thresholded and joined with their records.
+    fn rank(&self, vector: &[f32], options: &SearchOptions) -> Result<Vec<Match>, EngineError> {
+        let holder = options.filter.holder.as_ref().map(|h| h.to_lowercase());
+        let best: Vec<(Arc<str>, f32)> = {
+            let searchable = self.read_searchable();
+            let owners = &searchable.owners;
+            let accept = |label: u64| {
+                options.filter.is_empty()
+                    || owners
+                        .get(&label)
+                        .is_some_and(|o| o.passes(&options.filter, holder.as_deref()))
+            };
+            // Several views of a mark may rank together: fetch enough to fill top_k
+            // with distinct marks.
+            let fetch = options.top_k * 4;
+            let hits = searchable.index.search(vector, fetch, &accept);
+            let mut seen = HashSet::new();
+            hits.into_iter()
+                .filter(|h| h.score >= options.min_score)
+                .filter_map(|h| owners.get(&h.label).map(|o| (o.mark_id.clone(), h.score)))
+                .filter(|(id, _)| seen.insert(id.clone()))
+                .take(options.top_k)
+                .collect()
+        };
+        let store = self.lock_store();
+        let mut matches = Vec::with_capacity(best.len());
+        for (id, score) in best {
+            // A mark removed between the index read and here is simply skipped.
+            if let Some(record) = store.get(&id)? {
+                matches.push(Match {
+                    rank: matches.len() + 1,
+                    score,
+                    record,
+                });
+            }
+        }
+        Ok(matches)
+    }
+
+    /// Re-embeds every mark whose vectors were made by another model (after a model
+    /// change), from the stored source images. Calls `progress(done, total)`.
+    pub fn reembed_stale(&self, progress: &dyn Fn(usize, usize)) -> Result<usize, EngineError> {
+        let _writer = self.lock_writer();
+        let fingerprint = self.embedder.fingerprint().to_owned();
+        let stale: Vec<String> = {
+            let store = self.lock_store();
+            store
+                .ids()?
+                .into_iter()
+                .filter(|id| {
+                    store
+                        .fingerprint_of(id)
+                        .ok()
+                        .flatten()
+                        .is_none_or(|(_, model)| model != fingerprint)
+                })
+                .collect()
+        };
+        let total = stale.len();
+        for (done, chunk) in stale.chunks(EMBED_BATCH).enumerate() {
+            let images: Vec<Vec<u8>> = {
+                let store = self.lock_store();
+                chunk
+                    .iter()
+                    .map(|id| store.image(id).map(Option::unwrap_or_default))
+                    .collect::<Result<_, _>>()?
+            };
+            let refs: Vec<&[u8]> = images.iter().map(Vec::as_slice).collect();
+            for (id, embedded) in chunk.iter().zip(self.embed_images(&refs)) {
+                let (vector, _) = embedded?;
+                let delta = self
+                    .lock_store()
+                    .replace_views(id, &[vector], &fingerprint)?;
+                self.apply(&delta, &[id.as_str()])?;
+            }
+            progress((done * EMBED_BATCH + chunk.len()).min(total), total);
+        }
+        Ok(total)
+    }
+
+    /// Writes the index snapshot (when the index is a graph) and checkpoints the
+    /// database, so the next open is fast. Called on clean shutdown.
+    pub fn flush(&self) -> Result<(), EngineError> {
+        let _writer = self.lock_writer();
+        self.lock_store().checkpoint()?;
+        let searchable = self.read_searchable();
+        let snapshot = self.config.data_dir.join(SNAPSHOT_DIR);
+        let started = Instant::now();
+        let written = searchable
+            .index
+            .save_snapshot(&snapshot, self.embedder.fingerprint())
+            .map_err(|e| EngineError::Io {
+                path: snapshot.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        if written {
+            tracing::info!(
+                ms = started.elapsed().as_millis() as u64,
+                "index snapshot written"
+            );
+        }
+        Ok(())
+    }
+
+    pub fn info(&self) -> Result<EngineInfo, EngineError> {
+        let counts = self.lock_store().counts()?;
+        let searchable = self.read_searchable();
+        let db = self.config.data_dir.join(DB_FILE);
+        let database_bytes = ["", "-wal"]
+            .iter()
+            .filter_map(|suffix| std::fs::metadata(format!("{}{suffix}", db.display())).ok())
+            .map(|m| m.len())
+            .sum();
+        let spec = self.embedder.spec();
+        Ok(EngineInfo {
+            data_dir: self.config.data_dir.clone(),
+            model: spec.name.clone(),
+            model_sha256: spec.file_sha256(),
+            fingerprint: self.embedder.fingerprint().to_owned(),
+            backend: self.embedder.backend().clone(),
+            dim: self.embedder.dim(),
+            index: searchable.index.kind(),
+            indexed_vectors: searchable.index.len(),
+            tombstones: searchable.index.tombstones(),
+            marks: counts.marks,
+            vectors: counts.vectors,
+            image_bytes: counts.image_bytes,
+            database_bytes,
+        })
+    }
+
+    fn lock_store(&self) -> MutexGuard<'_, Store> {
+        // A panic while holding the store cannot leave SQLite inconsistent (every
+        // change is a transaction), so a poisoned lock is safe to reuse.
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_writer(&self) -> MutexGuard<'_, ()> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read_searchable(&self) -> std::sync::RwLockReadGuard<'_, Searchable> {
+        self.searchable.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_searchable(&self) -> std::sync::RwLockWriteGuard<'_, Searchable> {
+        self.searchable.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Loads the snapshot and catches it up with the store, or builds the index anew.
+fn load_searchable(
+    config: &EngineConfig,
+    store: &Store,
+    embedder: &Embedder,
+) -> Result<Searchable, EngineError> {
+    let owners: HashMap<u64, Owner> = store.owners()?.into_iter().map(Owner::from_store).collect();
+    let fingerprint = embedder.fingerprint();
+    let live = store.counts()?.vectors;
+    let wants_graph = match config.index {
+        IndexChoice::Exact => false,
+        IndexChoice::Hnsw => true,
+        IndexChoice::Auto { exact_below } => live >= exact_below,
+    };
+    if wants_graph {
+        let dir = config.data_dir.join(SNAPSHOT_DIR);
+        match HnswIndex::load(&dir, fingerprint, embedder.dim()) {
+            Ok(mut graph) => {
+                // Catch up: drop what the store no longer has, add what is newer.
+                let stale: Vec<u64> = graph
+                    .labels()
+                    .iter()
+                    .copied()
+                    .filter(|l| !owners.contains_key(l))
+                    .collect();
+                let newest = graph.labels().iter().copied().max().unwrap_or(0);
+                for label in stale {
+                    graph.remove(label);
+                }
+                let mut fresh = Vec::new();
+                store.for_each_vector(fingerprint, embedder.dim(), newest, |vid, v| {
+                    fresh.push((vid, v))
+                })?;
+                graph.insert(&fresh);
+                let tombstones = graph.tombstones();
+                if tombstones * 4 < graph.len() + tombstones {
+                    tracing::info!(added = fresh.len(), tombstones, "index snapshot loaded");
+                    return Ok(Searchable {
+                        index: Box::new(graph),
+                        owners,
+                    });
+                }
+                tracing::info!(tombstones, "snapshot has too many tombstones: rebuilding");
+            }
+            Err(e) => tracing::info!(reason = %e, "rebuilding the index from the store"),
+        }
+    }
+    let index = build_index(config, store, embedder, live)?;
+    Ok(Searchable { index, owners })
+}
+
+/// Builds the configured index from every stored vector of the current model.
+fn build_index(
+    config: &EngineConfig,
+    store: &Store,
+    embedder: &Embedder,
+    expected: usize,
+) -> Result<Box<dyn VectorIndex>, EngineError> {
+    let wants_graph = match config.index {
+        IndexChoice::Exact => false,
+        IndexChoice::Hnsw => true,
+        IndexChoice::Auto { exact_below } => expected >= exact_below,
+    };
+    let mut index: Box<dyn VectorIndex> = if wants_graph {
+        Box::new(HnswIndex::new(embedder.dim(), config.hnsw, expected * 2))
+    } else {
+        Box::new(ExactIndex::new(embedder.dim()))
+    };
+    let mut batch = Vec::with_capacity(4096);
+    store.for_each_vector(embedder.fingerprint(), embedder.dim(), 0, |vid, v| {
+        batch.push((vid, v));
+        if batch.len() == 4096 {
+            index.insert(&batch);
+            batch.clear();
+        }
+    })?;
+    index.insert(&batch);
+    Ok(index)
+}
+
+/// The same embedding failure for every image of a batch.
+fn fail_all<T>(n: usize, error: &EmbedError) -> Vec<Result<T, EngineError>> {
+    let message = error.to_string();
+    (0..n)
+        .map(|_| Err(EmbedError::Inference(message.clone()).into()))
+        .collect()
+}
+
+fn validate_id(id: &str) -> Result<(), EngineError> {
+    if id.is_empty() {
+        return Err(EngineError::InvalidArgument("mark id is empty".into()));
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(EngineError::InvalidArgument(format!(
+            "mark id is {} bytes, over {MAX_ID_LEN}",
+            id.len()
+        )));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(EngineError::InvalidArgument(format!(
+            "mark id {id:?} contains control characters"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_options(options: &SearchOptions) -> Result<(), EngineError> {
+    if options.top_k == 0 || options.top_k > MAX_TOP_K {
+        return Err(EngineError::InvalidArgument(format!(
+            "top_k must be between 1 and {MAX_TOP_K}, got {}",
+            options.top_k
+        )));
+    }
+    if !(-1.0..=1.0).contains(&options.min_score) {
+        return Err(EngineError::InvalidArgument(format!(
+            "min_score must be between -1 and 1, got {}",
+            options.min_score
+        )));
+    }
+    if let Some(bad) = options
+        .filter
+        .nice_classes
+        .iter()
+        .find(|c| !(1..=45).contains(*c))
+    {
+        return Err(EngineError::InvalidArgument(format!(
+            "nice class {bad} is outside 1..=45"
+        )));
+    }
+    Ok(())
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn format_name(format: image::ImageFormat) -> String {
+    format
+        .extensions_str()
+        .first()
+        .copied()
+        .unwrap_or("unknown")
+        .to_owned()
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}

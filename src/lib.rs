@@ -1,0 +1,25 @@
+//! marklens: find the recorded trademarks that a photo of a mark matches.
+//!
+//! Data flows one way through the modules, each using only those listed before it:
+//!
+//! - [`imaging`]: bytes -> decoded, upright RGB image -> model input tensor
+//! - [`embed`]: tensor -> unit embedding vector (ONNX Runtime or tract)
+//! - [`index`]: vector -> nearest labelled vectors (exact or HNSW)
+//! - [`store`]: the recorded marks in SQLite, the source of truth
+//! - [`engine`]: the front door that ties them together: enrol, remove, search
+//! - [`report`]: screening reports (JSON, CSV, HTML) over search results
+//!
+//! The `marklens` binary (CLI and gRPC service) is a thin face over [`engine`].
+
+pub mod embed;
+pub mod engine;
+pub mod imaging;
+pub mod index;
+pub mod report;
+pub mod store;
+
+pub use engine::{
+    Engine, EngineConfig, EngineError, EngineInfo, EnrollOutcome, EnrollRequest, IndexChoice,
+    Match, SearchFilter, SearchOptions, SearchResult, StageTimings,
+};
+pub use store::{ListQuery, MarkFields, MarkRecord, MarkStatus};

@@ -1,0 +1,104 @@
+//! The HTML screening report: one self-contained file (thumbnails inlined as data
+//! URIs) that an analyst can open, scroll and forward.
+
+use std::io::Write;
+
+use base64::Engine as _;
+
+use super::QueryReport;
+use crate::imaging::{self, Limits};
+
+const THUMB: u32 = 128;
+
+const STYLE: &str = "
+body { font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; }
+h1 { font-size: 1.3rem; }
+table { border-collapse: collapse; }
+td { border-top: 1px solid #ddd; padding: .6rem; vertical-align: top; }
+.query img, .match img { width: 128px; height: 128px; object-fit: contain; background: #fafafa;
+  border: 1px solid #ccc; }
+.matches { display: flex; gap: .8rem; flex-wrap: wrap; }
+.match { width: 140px; font-size: .8rem; }
+.score { font-weight: 600; }
+.top .score { color: #0a6b2b; }
+.error { color: #a00; }
+.path { font-size: .8rem; word-break: break-all; max-width: 160px; }
+";
+
+/// Writes the report as HTML. `mark_image` returns a recorded mark's source image.
+pub fn write_html(
+    out: &mut dyn Write,
+    reports: &[QueryReport],
+    mark_image: &dyn Fn(&str) -> Option<Vec<u8>>,
+) -> std::io::Result<()> {
+    let failed = reports.iter().filter(|r| r.error.is_some()).count();
+    writeln!(
+        out,
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <title>marklens screening report</title><style>{STYLE}</style></head><body>"
+    )?;
+    writeln!(
+        out,
+        "<h1>marklens screening report</h1><p>{} photos screened, {} unreadable.</p><table>",
+        reports.len(),
+        failed
+    )?;
+    for report in reports {
+        let query = report.query.display().to_string();
+        let query_thumb = std::fs::read(&report.query)
+            .ok()
+            .and_then(|bytes| thumbnail_uri(&bytes));
+        writeln!(out, "<tr><td class=\"query\">")?;
+        if let Some(uri) = query_thumb {
+            writeln!(out, "<img src=\"{uri}\" alt=\"query\">")?;
+        }
+        writeln!(out, "<div class=\"path\">{}</div>", escape(&query))?;
+        if let Some(t) = &report.timings {
+            writeln!(out, "<div class=\"path\">{:.1} ms</div>", t.total_ms)?;
+        }
+        writeln!(out, "</td><td><div class=\"matches\">")?;
+        if let Some(error) = &report.error {
+            writeln!(out, "<div class=\"error\">{}</div>", escape(error))?;
+        } else if report.matches.is_empty() {
+            writeln!(out, "<div>no match</div>")?;
+        }
+        for m in &report.matches {
+            let class = if m.rank == 1 { "match top" } else { "match" };
+            writeln!(out, "<div class=\"{class}\">")?;
+            if let Some(uri) = mark_image(&m.record.id).and_then(|b| thumbnail_uri(&b)) {
+                writeln!(out, "<img src=\"{uri}\" alt=\"{}\">", escape(&m.record.id))?;
+            }
+            let f = &m.record.fields;
+            writeln!(
+                out,
+                "<div><span class=\"score\">#{} &middot; {:.3}</span></div><div>{}</div>\
+                 <div>{}</div><div>{}</div><div>{}</div>",
+                m.rank,
+                m.score,
+                escape(f.name.as_deref().unwrap_or(&m.record.id)),
+                escape(f.holder.as_deref().unwrap_or("")),
+                escape(f.recordation_number.as_deref().unwrap_or("")),
+                f.status
+            )?;
+            writeln!(out, "</div>")?;
+        }
+        writeln!(out, "</div></td></tr>")?;
+    }
+    writeln!(out, "</table></body></html>")
+}
+
+fn thumbnail_uri(bytes: &[u8]) -> Option<String> {
+    let decoded = imaging::decode(bytes, &Limits::default()).ok()?;
+    let jpeg = imaging::thumbnail_jpeg(&decoded.image, THUMB);
+    Some(format!(
+        "data:image/jpeg;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(jpeg)
+    ))
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}

@@ -1,0 +1,241 @@
+//! The `marklens` binary as a user runs it: enrol, search, screen into every report
+//! format, list/show/remove, info, and the two model runtimes side by side.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{fixtures, gallery_subset};
+
+fn marklens(data: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_marklens"))
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .env_remove("MARKLENS_DATA")
+        .output()
+        .expect("marklens runs")
+}
+
+fn ok(data: &Path, args: &[&str]) -> String {
+    let output = marklens(data, args);
+    assert!(
+        output.status.success(),
+        "marklens {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// A folder with a few gallery marks copied in, so enrolment takes a folder.
+fn small_gallery(dir: &Path) -> Vec<String> {
+    std::fs::create_dir_all(dir).unwrap();
+    gallery_subset(25)
+        .into_iter()
+        .map(|(id, path)| {
+            std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+            id
+        })
+        .collect()
+}
+
+#[test]
+fn enroll_search_screen_and_manage_marks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let ids = small_gallery(&tmp.path().join("marks"));
+    let out = ok(
+        &data,
+        &["enroll", tmp.path().join("marks").to_str().unwrap()],
+    );
+    assert!(out.contains(&format!("{} enrolled", ids.len())), "{out}");
+    // Resumable: a second run records nothing new.
+    let out = ok(
+        &data,
+        &["enroll", tmp.path().join("marks").to_str().unwrap()],
+    );
+    assert!(out.contains(&format!("{} unchanged", ids.len())), "{out}");
+
+    // search --json: the mark itself ranks first.
+    let query = tmp.path().join("marks").join(format!("{}.png", ids[2]));
+    let out = ok(
+        &data,
+        &["search", query.to_str().unwrap(), "--json", "-k", "3"],
+    );
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["matches"][0]["record"]["id"], ids[2].as_str());
+    assert_eq!(json["matches"].as_array().unwrap().len(), 3);
+    assert!(json["timings"]["embed_ms"].as_f64().unwrap() > 0.0);
+
+    // screen: a folder with photos and a broken file; every format is well formed.
+    let photos = tmp.path().join("photos");
+    std::fs::create_dir_all(&photos).unwrap();
+    std::fs::copy(&query, photos.join("clean.png")).unwrap();
+    std::fs::copy(
+        fixtures().join("bad/truncated.png"),
+        photos.join("broken.png"),
+    )
+    .unwrap();
+    for ext in ["json", "csv", "html"] {
+        let report = tmp.path().join(format!("report.{ext}"));
+        let out = ok(
+            &data,
+            &[
+                "screen",
+                photos.to_str().unwrap(),
+                "--out",
+                report.to_str().unwrap(),
+            ],
+        );
+        assert!(out.contains("2 photos screened"), "{out}");
+        assert!(out.contains("1 unreadable"), "{out}");
+        let text = std::fs::read_to_string(&report).unwrap();
+        match ext {
+            "json" => {
+                let rows: serde_json::Value = serde_json::from_str(&text).unwrap();
+                let rows = rows.as_array().unwrap();
+                assert_eq!(rows.len(), 2);
+                let broken = rows
+                    .iter()
+                    .find(|r| r["query"].as_str().unwrap().ends_with("broken.png"))
+                    .unwrap();
+                assert!(broken["error"].as_str().unwrap().contains("decode"));
+                let clean = rows
+                    .iter()
+                    .find(|r| r["query"].as_str().unwrap().ends_with("clean.png"))
+                    .unwrap();
+                assert_eq!(clean["matches"][0]["mark_id"], ids[2].as_str());
+                assert_eq!(clean["matches"][0]["rank"], 1);
+                assert!(clean["timings_ms"]["total_ms"].as_f64().unwrap() > 0.0);
+            }
+            "csv" => {
+                let mut reader = csv::Reader::from_reader(text.as_bytes());
+                let headers = reader.headers().unwrap().clone();
+                assert_eq!(&headers[0], "query");
+                let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+                assert_eq!(
+                    rows.len(),
+                    5 + 1,
+                    "5 matches for the clean photo, 1 error row"
+                );
+                assert!(
+                    rows.iter()
+                        .any(|r| &r[3] == ids[2].as_str() && &r[1] == "1")
+                );
+                assert!(rows.iter().any(|r| !r[12].is_empty()));
+            }
+            _ => {
+                assert!(text.starts_with("<!doctype html>"));
+                assert!(text.contains("data:image/jpeg;base64,"));
+                assert!(text.trim_end().ends_with("</html>"));
+                assert!(text.contains(&ids[2]));
+            }
+        }
+    }
+
+    // marks list / show / remove, info.
+    let listed = ok(&data, &["marks", "list", "--json"]);
+    assert_eq!(listed.lines().count(), ids.len());
+    let shown = ok(&data, &["marks", "show", &ids[0], "--json"]);
+    let record: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(record["id"], ids[0].as_str());
+    ok(&data, &["marks", "remove", &ids[2]]);
+    let missing = marklens(&data, &["marks", "show", &ids[2]]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no mark"));
+    let out = ok(&data, &["search", query.to_str().unwrap(), "--json"]);
+    assert!(!out.contains(&format!("\"id\": \"{}\"", ids[2])));
+    let info: serde_json::Value = serde_json::from_str(&ok(&data, &["info", "--json"])).unwrap();
+    assert_eq!(info["marks"], ids.len() - 1);
+    assert_eq!(info["dim"], 1280);
+}
+
+#[test]
+fn enroll_from_a_manifest_records_the_fields() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let (id, path) = gallery_subset(40).remove(1);
+    let manifest = tmp.path().join("marks.jsonl");
+    let line = serde_json::json!({
+        "mark_id": id, "file": path, "name": "Demo", "holder": "Demo Holder",
+        "recordation_number": "R-1", "nice_classes": [9, 25], "status": "suspended",
+        "valid_until": "2031-12-31"
+    });
+    std::fs::write(&manifest, format!("{line}\n")).unwrap();
+    ok(&data, &["enroll", manifest.to_str().unwrap()]);
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(&data, &["marks", "show", &id, "--json"])).unwrap();
+    assert_eq!(shown["holder"], "Demo Holder");
+    assert_eq!(shown["status"], "suspended");
+    assert_eq!(shown["nice_classes"], serde_json::json!([9, 25]));
+
+    // A manifest line with a bad field is reported with its line number.
+    std::fs::write(&manifest, format!("{line}\n{{\"mark_id\": \"x\"}}\n")).unwrap();
+    let bad = marklens(&data, &["enroll", manifest.to_str().unwrap()]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains(":2"));
+}
+
+#[test]
+fn enrolment_failures_are_listed_not_fatal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let marks = tmp.path().join("marks");
+    small_gallery(&marks);
+    std::fs::copy(fixtures().join("bad/bomb.png"), marks.join("bomb.png")).unwrap();
+    let out = marklens(&data, &["enroll", marks.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "partial failure exits 1");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bomb.png") && stderr.contains("pixels"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 failed"));
+}
+
+#[test]
+fn onnxruntime_and_tract_give_the_same_embedding() {
+    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ort/libonnxruntime.so");
+    if !lib.is_file() {
+        // .ci/run installs it (models/setup_runtime.sh); without it there is only
+        // one backend to compare. CI must never skip this.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{} missing in CI",
+            lib.display()
+        );
+        eprintln!(
+            "SKIPPED: {} missing; run models/setup_runtime.sh",
+            lib.display()
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let image = gallery_subset(30)[3].1.clone();
+    let embed = |backend: &str| -> (String, Vec<f32>) {
+        let out = ok(
+            tmp.path(),
+            &["embed", image.to_str().unwrap(), "--backend", backend],
+        );
+        let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(json["backend"], backend);
+        let vector = json["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        (json["fingerprint"].as_str().unwrap().to_owned(), vector)
+    };
+    let (fp_ort, ort) = embed("onnxruntime");
+    let (fp_tract, tract) = embed("tract");
+    assert_eq!(fp_ort, fp_tract, "same model, same vector space");
+    assert_eq!(ort.len(), 1280);
+    let max_diff = ort
+        .iter()
+        .zip(&tract)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(max_diff < 1e-4, "backends differ by {max_diff}");
+}

@@ -1,0 +1,316 @@
+//! The library API end to end with the real model and runtime: enrol the fixture
+//! gallery, search, restart, remove, reject bad input, refuse a foreign model.
+
+mod common;
+
+use common::{enroll_all, fixtures, gallery, gallery_subset, open, requests};
+use marklens::store::PutOutcome;
+use marklens::{
+    EngineConfig, EngineError, EnrollRequest, IndexChoice, MarkFields, MarkStatus, SearchFilter,
+    SearchOptions,
+};
+
+fn top1(engine: &marklens::Engine, image: &[u8]) -> (String, f32) {
+    let result = engine.search(image, &SearchOptions::default()).unwrap();
+    let best = &result.matches[0];
+    (best.record.id.clone(), best.score)
+}
+
+#[test]
+fn every_clean_mark_finds_itself_first_and_survives_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let marks = gallery();
+    assert!(
+        marks.len() >= 200,
+        "the demo gallery has a few hundred marks"
+    );
+    let mut before = Vec::new();
+    {
+        let engine = open(dir.path());
+        enroll_all(&engine, &marks);
+        for (id, path) in &marks {
+            let (found, score) = top1(&engine, &std::fs::read(path).unwrap());
+            assert_eq!(&found, id, "clean mark {id} must be its own best match");
+            assert!(score > 0.999, "{id} scored {score} against itself");
+            before.push((found, score));
+        }
+        engine.flush().unwrap();
+    }
+    let engine = open(dir.path());
+    assert_eq!(engine.info().unwrap().marks, marks.len());
+    for ((_, path), expected) in marks.iter().zip(&before) {
+        let after = top1(&engine, &std::fs::read(path).unwrap());
+        assert_eq!(&after.0, &expected.0);
+        assert!((after.1 - expected.1).abs() < 1e-5);
+    }
+}
+
+#[test]
+fn the_weights_are_real_distinct_marks_are_not_all_alike() {
+    // Randomly initialised weights score ~0.99 between any two logos.
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path());
+    let marks = gallery_subset(10);
+    enroll_all(&engine, &marks);
+    let mut scores = Vec::new();
+    for (id, path) in &marks {
+        let result = engine
+            .search(
+                &std::fs::read(path).unwrap(),
+                &SearchOptions {
+                    top_k: marks.len(),
+                    ..SearchOptions::default()
+                },
+            )
+            .unwrap();
+        scores.extend(
+            result
+                .matches
+                .iter()
+                .filter(|m| &m.record.id != id)
+                .map(|m| m.score),
+        );
+    }
+    scores.sort_by(f32::total_cmp);
+    let median = scores[scores.len() / 2];
+    assert!(
+        median < 0.8,
+        "median cosine between distinct marks is {median}"
+    );
+}
+
+#[test]
+fn removed_marks_never_come_back_even_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let marks = gallery_subset(6);
+    let removed: Vec<_> = marks.iter().take(3).cloned().collect();
+    {
+        let engine = open(dir.path());
+        enroll_all(&engine, &marks);
+        for (id, _) in &removed {
+            engine.remove(id).unwrap();
+        }
+        assert!(matches!(
+            engine.remove(&removed[0].0),
+            Err(EngineError::NotFound(_))
+        ));
+        engine.flush().unwrap();
+    }
+    let engine = open(dir.path());
+    let options = SearchOptions {
+        top_k: 100,
+        ..SearchOptions::default()
+    };
+    for (id, path) in &removed {
+        let result = engine
+            .search(&std::fs::read(path).unwrap(), &options)
+            .unwrap();
+        assert!(result.matches.iter().all(|m| &m.record.id != id));
+        assert!(matches!(engine.get(id), Err(EngineError::NotFound(_))));
+    }
+    assert_eq!(engine.info().unwrap().marks, marks.len() - removed.len());
+}
+
+#[test]
+fn hnsw_snapshot_restart_catches_up_with_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || EngineConfig {
+        index: IndexChoice::Hnsw,
+        ..EngineConfig::new(dir.path())
+    };
+    let marks = gallery_subset(5);
+    let (first, later) = marks.split_at(marks.len() / 2);
+    {
+        let engine = marklens::Engine::open(config()).unwrap();
+        enroll_all(&engine, first);
+        engine.flush().unwrap(); // snapshot with `first`
+        enroll_all(&engine, later); // no snapshot: a crash here must not lose these
+        engine.remove(&first[0].0).unwrap();
+    }
+    let engine = marklens::Engine::open(config()).unwrap();
+    let info = engine.info().unwrap();
+    assert_eq!(info.index, "hnsw");
+    assert_eq!(info.indexed_vectors, marks.len() - 1);
+    for (id, path) in &marks[1..] {
+        assert_eq!(&top1(&engine, &std::fs::read(path).unwrap()).0, id);
+    }
+}
+
+#[test]
+fn enrolment_is_idempotent_and_same_id_new_image_replaces() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path());
+    let marks = gallery_subset(50);
+    let outcomes: Vec<_> = engine
+        .enroll_many(requests(&marks))
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert!(outcomes.iter().all(|o| *o == PutOutcome::Created));
+    let again: Vec<_> = engine
+        .enroll_many(requests(&marks))
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert!(again.iter().all(|o| *o == PutOutcome::Unchanged));
+
+    // Same id, another mark's image: the record now matches the new image.
+    let (id, _) = &marks[0];
+    let (_, other_image) = &marks[1];
+    let replaced = engine
+        .enroll(EnrollRequest {
+            id: id.clone(),
+            fields: MarkFields::default(),
+            image: std::fs::read(other_image).unwrap(),
+        })
+        .unwrap();
+    assert_eq!(replaced, PutOutcome::Replaced);
+    assert_eq!(engine.info().unwrap().vectors, marks.len());
+    let result = engine
+        .search(
+            &std::fs::read(other_image).unwrap(),
+            &SearchOptions::default(),
+        )
+        .unwrap();
+    let ids: Vec<&str> = result
+        .matches
+        .iter()
+        .take(2)
+        .map(|m| m.record.id.as_str())
+        .collect();
+    assert!(ids.contains(&id.as_str()));
+    assert!((result.matches[0].score - result.matches[1].score).abs() < 1e-5);
+}
+
+#[test]
+fn filters_and_min_score_restrict_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path());
+    let marks = gallery_subset(20);
+    let mut reqs = requests(&marks);
+    reqs[0].fields.status = MarkStatus::Expired;
+    reqs[0].fields.nice_classes = vec![25];
+    reqs[0].fields.holder = Some("Example Holder AG".into());
+    for r in engine.enroll_many(reqs) {
+        r.unwrap();
+    }
+    let query = std::fs::read(&marks[0].1).unwrap();
+    let only_active = SearchOptions {
+        filter: SearchFilter {
+            statuses: vec![MarkStatus::Active],
+            ..SearchFilter::default()
+        },
+        ..SearchOptions::default()
+    };
+    let result = engine.search(&query, &only_active).unwrap();
+    assert!(result.matches.iter().all(|m| m.record.id != marks[0].0));
+    let class_25 = SearchOptions {
+        filter: SearchFilter {
+            nice_classes: vec![25],
+            holder: Some("example holder".into()),
+            ..SearchFilter::default()
+        },
+        ..SearchOptions::default()
+    };
+    let result = engine.search(&query, &class_25).unwrap();
+    assert_eq!(result.matches.len(), 1);
+    assert_eq!(result.matches[0].record.id, marks[0].0);
+    let strict = SearchOptions {
+        min_score: 0.99,
+        ..SearchOptions::default()
+    };
+    let result = engine.search(&query, &strict).unwrap();
+    assert_eq!(result.matches.len(), 1);
+    let timings = result.timings;
+    assert!(timings.embed_ms > 0.0 && timings.total_ms >= timings.embed_ms);
+}
+
+#[test]
+fn bad_files_are_clear_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path());
+    let bad = fixtures().join("bad");
+    // (file, what the error must say); `None`: a valid image despite its oddity.
+    let cases = [
+        ("truncated.png", Some("decode")),
+        ("not_an_image.jpg", Some("unrecognised image format")),
+        ("empty.png", Some("empty image")),
+        ("bomb.png", Some("40000x40000 pixels")),
+        ("header_bomb.png", Some("40000x40000 pixels")),
+        ("zero_size.gif", Some("")),
+        // The format is sniffed from the bytes, never from the name.
+        ("jpeg_named.png", None),
+        ("tiny_1x1.png", None),
+    ];
+    for (file, expected) in cases {
+        let bytes = std::fs::read(bad.join(file)).unwrap();
+        let outcome = engine.search(&bytes, &SearchOptions::default());
+        match (expected, outcome) {
+            (None, Ok(_)) => {}
+            (Some(text), Err(err)) => {
+                assert!(matches!(err, EngineError::Image(_)), "{file}: {err}");
+                assert!(err.to_string().contains(text), "{file}: {err}");
+            }
+            (None, Err(err)) => panic!("{file} should be accepted: {err}"),
+            (Some(_), Ok(_)) => panic!("{file} should be rejected"),
+        }
+    }
+    let bad_request = engine.enroll(EnrollRequest {
+        id: String::new(),
+        fields: MarkFields::default(),
+        image: vec![1, 2, 3],
+    });
+    assert!(matches!(bad_request, Err(EngineError::InvalidArgument(_))));
+    let bad_k = engine.search(
+        &[0u8; 4],
+        &SearchOptions {
+            top_k: 0,
+            ..SearchOptions::default()
+        },
+    );
+    assert!(matches!(bad_k, Err(EngineError::InvalidArgument(_))));
+}
+
+#[test]
+fn a_store_from_another_model_is_refused_then_reembedded() {
+    let dir = tempfile::tempdir().unwrap();
+    let marks = gallery_subset(60);
+    {
+        let engine = open(dir.path());
+        enroll_all(&engine, &marks);
+    }
+    // Another model: the same network with one weight byte changed.
+    let mut bytes = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/efficientnet_lite0.onnx"),
+    )
+    .unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    let other = dir.path().join("other.onnx");
+    std::fs::write(&other, &bytes).unwrap();
+    let config = || EngineConfig {
+        model: Some(other.clone()),
+        ..EngineConfig::new(dir.path())
+    };
+    let refused = marklens::Engine::open(config());
+    assert!(matches!(refused, Err(EngineError::ModelMismatch { .. })));
+
+    let engine = marklens::Engine::open(EngineConfig {
+        allow_stale_model: true,
+        ..config()
+    })
+    .unwrap();
+    assert_eq!(engine.reembed_stale(&|_, _| {}).unwrap(), marks.len());
+    drop(engine);
+    let engine = marklens::Engine::open(config()).unwrap();
+    let (id, path) = &marks[1];
+    assert_eq!(&top1(&engine, &std::fs::read(path).unwrap()).0, id);
+}
+
+#[test]
+fn a_data_directory_is_used_by_one_process_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = open(dir.path());
+    let second = marklens::Engine::open(EngineConfig::new(dir.path()));
+    assert!(matches!(second, Err(EngineError::Locked { .. })));
+}
