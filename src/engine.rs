@@ -106,6 +106,8 @@ pub enum EngineError {
     InvalidArgument(String),
     #[error("no mark with id {0:?}")]
     NotFound(String),
+    #[error("mark {0:?} is already recorded")]
+    AlreadyExists(String),
     #[error(
         "the store holds vectors from model(s) {stored:?} but this engine runs {current}; \
          run `marklens reembed` to re-embed them, or open with the model that made them"
@@ -136,6 +138,8 @@ pub struct EnrollRequest {
     pub fields: MarkFields,
     /// The encoded source image (any accepted format).
     pub image: Vec<u8>,
+    /// Refuse ([`EngineError::AlreadyExists`]) instead of replacing a recorded id.
+    pub create_only: bool,
 }
 
 /// What enrolment did with one mark.
@@ -398,6 +402,10 @@ impl Engine {
                     continue;
                 }
             };
+            if request.create_only && known.is_some() {
+                results[i] = Some(Err(EngineError::AlreadyExists(request.id)));
+                continue;
+            }
             let needs_model = known != Some((sha.clone(), fingerprint.clone()));
             prepared.push((
                 i,

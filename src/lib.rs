@@ -8,14 +8,17 @@
 //! - [`store`]: the recorded marks in SQLite, the source of truth
 //! - [`engine`]: the front door that ties them together: enrol, remove, search
 //! - [`report`]: screening reports (JSON, CSV, HTML) over search results
+//! - [`service`]: the gRPC API (server and client) over [`engine`]
 //!
-//! The `marklens` binary (CLI and gRPC service) is a thin face over [`engine`].
+//! The `marklens` binary (CLI and `serve`) is a thin face over [`engine`] and
+//! [`service`].
 
 pub mod embed;
 pub mod engine;
 pub mod imaging;
 pub mod index;
 pub mod report;
+pub mod service;
 pub mod store;
 
 pub use engine::{

@@ -239,3 +239,91 @@ fn onnxruntime_and_tract_give_the_same_embedding() {
         .fold(0.0f32, f32::max);
     assert!(max_diff < 1e-4, "backends differ by {max_diff}");
 }
+
+#[test]
+fn serve_answers_the_cli_client_like_local_mode_and_stops_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let marks = tmp.path().join("marks");
+    let ids = small_gallery(&marks);
+    ok(&data, &["enroll", marks.to_str().unwrap()]);
+    let query = marks.join(format!("{}.png", ids[4]));
+    let local: serde_json::Value =
+        serde_json::from_str(&ok(&data, &["search", query.to_str().unwrap(), "--json"])).unwrap();
+
+    let mut server = Command::new(env!("CARGO_BIN_EXE_marklens"))
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["serve", "--addr", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .trim_end_matches(';')
+        .to_owned();
+
+    let remote: serde_json::Value = serde_json::from_str(&ok(
+        &data,
+        &[
+            "search",
+            query.to_str().unwrap(),
+            "--json",
+            "--server",
+            &url,
+        ],
+    ))
+    .unwrap();
+    assert_eq!(
+        local["matches"].as_array().unwrap().len(),
+        remote["matches"].as_array().unwrap().len()
+    );
+    for (l, r) in local["matches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(remote["matches"].as_array().unwrap())
+    {
+        assert_eq!(l["record"], r["record"]);
+        assert!((l["score"].as_f64().unwrap() - r["score"].as_f64().unwrap()).abs() < 1e-5);
+    }
+    let report = tmp.path().join("remote.json");
+    ok(
+        &data,
+        &[
+            "screen",
+            marks.to_str().unwrap(),
+            "--out",
+            report.to_str().unwrap(),
+            "--server",
+            &url,
+        ],
+    );
+    let rows: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), ids.len());
+    for row in rows.as_array().unwrap() {
+        let file = Path::new(row["query"].as_str().unwrap());
+        let stem = file.file_stem().unwrap().to_str().unwrap();
+        assert_eq!(row["matches"][0]["mark_id"], stem);
+    }
+
+    // SIGTERM: a clean exit, and the data directory is free again.
+    let pid = server.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(server.wait().unwrap().success());
+    ok(&data, &["info"]);
+}

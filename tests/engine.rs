@@ -162,6 +162,7 @@ fn enrolment_is_idempotent_and_same_id_new_image_replaces() {
             id: id.clone(),
             fields: MarkFields::default(),
             image: std::fs::read(other_image).unwrap(),
+            create_only: false,
         })
         .unwrap();
     assert_eq!(replaced, PutOutcome::Replaced);
@@ -259,6 +260,7 @@ fn bad_files_are_clear_errors_not_panics() {
         id: String::new(),
         fields: MarkFields::default(),
         image: vec![1, 2, 3],
+        create_only: false,
     });
     assert!(matches!(bad_request, Err(EngineError::InvalidArgument(_))));
     let bad_k = engine.search(

@@ -1,5 +1,5 @@
 //! `marklens demo`: the bundled demo, end to end: enrol the demo gallery of real
-//! marks, screen the demo photos, write an HTML report.
+//! marks, screen the demo photos into an HTML report, then serve the gallery.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,7 +8,8 @@ use clap::Args;
 
 use super::Global;
 use super::enroll::{enroll_entries, read_manifest};
-use super::search::screen;
+use super::search::{screen, search_locally};
+use super::serve::ServeArgs;
 
 /// The fixtures folder of the source tree this binary was built from.
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures");
@@ -21,21 +22,28 @@ pub struct DemoArgs {
     /// Where to write the screening report.
     #[arg(long, default_value = "marklens-demo-report.html", value_name = "FILE")]
     pub report: PathBuf,
+    /// Stop after the report instead of serving the gallery over gRPC.
+    #[arg(long)]
+    pub no_serve: bool,
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
-pub fn run(global: &Global, args: DemoArgs) -> anyhow::Result<ExitCode> {
-    let engine = global.open()?;
-    let info = engine.info()?;
-    println!(
-        "marklens demo: model {} on {}, data in {}",
-        info.model,
-        info.backend,
-        info.data_dir.display()
-    );
-    let entries = read_manifest(&args.fixtures.join("gallery.csv"))?;
+/// The bundled fixtures folder.
+pub fn fixtures_dir() -> PathBuf {
+    PathBuf::from(FIXTURES)
+}
+
+/// Enrols the demo gallery (`gallery.csv` in `fixtures`) and prints a summary.
+pub fn enroll_demo_gallery(
+    engine: &marklens::Engine,
+    fixtures: &std::path::Path,
+    global: &Global,
+) -> anyhow::Result<()> {
+    let entries = read_manifest(&fixtures.join("gallery.csv"))?;
     let total = entries.len();
     let started = std::time::Instant::now();
-    let summary = enroll_entries(&engine, entries, 64, global.max_image_bytes);
+    let summary = enroll_entries(engine, entries, 64, global.max_image_bytes);
     println!(
         "gallery: {total} real marks in {:.1} s ({} new, {} already recorded, {} failed)",
         started.elapsed().as_secs_f64(),
@@ -47,13 +55,31 @@ pub fn run(global: &Global, args: DemoArgs) -> anyhow::Result<ExitCode> {
         eprintln!("failed: {}: {reason}", file.display());
     }
     engine.flush()?;
+    Ok(())
+}
+
+pub fn run(global: &Global, args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let engine = global.open()?;
+    let info = engine.info()?;
+    println!(
+        "marklens demo: model {} on {}, data in {}",
+        info.model,
+        info.backend,
+        info.data_dir.display()
+    );
+    enroll_demo_gallery(&engine, &args.fixtures, global)?;
 
     let photos = super::image_files(&args.fixtures.join("queries"))?;
     let options = marklens::SearchOptions {
         top_k: 5,
         ..marklens::SearchOptions::default()
     };
-    let reports = screen(&engine, &photos, &options, global.max_image_bytes);
+    let reports = screen(
+        &photos,
+        global.max_image_bytes,
+        marklens::engine::EMBED_BATCH,
+        &mut search_locally(&engine, &options),
+    );
     marklens::report::write(&args.report, &reports, &|id| engine.image(id).ok())?;
     let mut totals: Vec<f64> = reports
         .iter()
@@ -66,5 +92,8 @@ pub fn run(global: &Global, args: DemoArgs) -> anyhow::Result<ExitCode> {
         reports.len(),
         args.report.display()
     );
-    Ok(ExitCode::SUCCESS)
+    if args.no_serve {
+        return Ok(ExitCode::SUCCESS);
+    }
+    super::serve::serve(engine, args.serve.config(global))
 }

@@ -212,6 +212,7 @@ pub fn enroll_entries(
                         id: entry.id,
                         fields: entry.fields,
                         image,
+                        create_only: false,
                     });
                 }
                 Err(e) => {

@@ -5,6 +5,7 @@ mod demo;
 mod enroll;
 mod marks;
 mod search;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -113,7 +114,9 @@ pub enum Command {
         /// The image.
         image: PathBuf,
     },
-    /// Enrol the bundled demo gallery and screen the demo photos into a report.
+    /// Serve the gRPC API (marklens.v1, health, reflection).
+    Serve(serve::ServeArgs),
+    /// Enrol the bundled demo gallery, screen the demo photos into a report, serve.
     Demo(demo::DemoArgs),
 }
 
@@ -143,6 +146,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Info { json } => marks::run_info(global, json),
         Command::Reembed => marks::run_reembed(global),
         Command::Embed { image } => search::run_embed(global, &image),
+        Command::Serve(a) => serve::run(global, a),
         Command::Demo(a) => demo::run(global, a),
     }
 }

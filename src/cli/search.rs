@@ -5,9 +5,12 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
+use marklens::engine::EMBED_BATCH;
 use marklens::report::{self, QueryReport};
+use marklens::service::client::Client;
 use marklens::{Engine, MarkStatus, SearchFilter, SearchOptions, SearchResult};
 
+use super::serve::runtime;
 use super::{Global, image_files, progress, read_limited};
 
 /// Options shared by `search` and `screen`.
@@ -32,6 +35,11 @@ pub struct MatchArgs {
     /// Only marks whose holder contains this text (case-insensitive).
     #[arg(long, value_name = "TEXT")]
     pub holder: Option<String>,
+
+    /// Ask a running `marklens serve` at this URL instead of opening the data
+    /// directory, e.g. http://127.0.0.1:50051.
+    #[arg(long, env = "MARKLENS_SERVER", value_name = "URL")]
+    pub server: Option<String>,
 }
 
 impl MatchArgs {
@@ -72,10 +80,14 @@ pub struct ScreenArgs {
 
 pub fn run_search(global: &Global, args: SearchArgs) -> anyhow::Result<ExitCode> {
     let bytes = read_limited(&args.image, global.max_image_bytes)?;
-    let engine = global.open()?;
-    let result = engine
-        .search(&bytes, &args.matching.options())
-        .with_context(|| format!("{}", args.image.display()))?;
+    let options = args.matching.options();
+    let result = match &args.matching.server {
+        Some(url) => runtime()?.block_on(async {
+            let mut client = Client::connect(url, message_limit(global)).await?;
+            client.search(bytes, &options).await
+        })?,
+        None => global.open()?.search(&bytes, &options)?,
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {
@@ -136,14 +148,39 @@ pub fn run_screen(global: &Global, args: ScreenArgs) -> anyhow::Result<ExitCode>
         );
     }
     let photos = image_files(&args.dir)?;
-    let engine = global.open()?;
-    let reports = screen(
-        &engine,
-        &photos,
-        &args.matching.options(),
-        global.max_image_bytes,
-    );
-    report::write(&args.out, &reports, &|id| engine.image(id).ok())?;
+    let options = args.matching.options();
+    let reports = match &args.matching.server {
+        Some(url) => {
+            let runtime = runtime()?;
+            let client = runtime.block_on(Client::connect(url, message_limit(global)))?;
+            let mut searcher = client.clone();
+            let reports = screen(&photos, global.max_image_bytes, 32, &mut |images| {
+                let count = images.len();
+                match runtime.block_on(searcher.search_many(images, &options)) {
+                    Ok(results) => results
+                        .into_iter()
+                        .map(|r| r.map_err(|s| s.message().to_owned()))
+                        .collect(),
+                    Err(e) => vec![Err(e.to_string()); count],
+                }
+            });
+            report::write(&args.out, &reports, &|id| {
+                runtime.block_on(client.clone().mark_image(id)).ok()
+            })?;
+            reports
+        }
+        None => {
+            let engine = global.open()?;
+            let reports = screen(
+                &photos,
+                global.max_image_bytes,
+                EMBED_BATCH,
+                &mut search_locally(&engine, &options),
+            );
+            report::write(&args.out, &reports, &|id| engine.image(id).ok())?;
+            reports
+        }
+    };
     let unreadable = reports.iter().filter(|r| r.error.is_some()).count();
     let matched = reports.iter().filter(|r| !r.matches.is_empty()).count();
     println!(
@@ -154,30 +191,30 @@ pub fn run_screen(global: &Global, args: ScreenArgs) -> anyhow::Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
-/// Searches every photo (in model-sized batches) with a progress bar. Unreadable
-/// photos are reported, not fatal.
+/// Searches every photo in batches of `batch` with a progress bar, through
+/// `search` (one result per image, in order). Unreadable photos are reported, not
+/// fatal.
 pub fn screen(
-    engine: &Engine,
     photos: &[PathBuf],
-    options: &SearchOptions,
     max_bytes: usize,
+    batch: usize,
+    search: &mut dyn FnMut(Vec<Vec<u8>>) -> Vec<Result<SearchResult, String>>,
 ) -> Vec<QueryReport> {
     let bar = progress(photos.len(), "screening");
     let mut reports = Vec::with_capacity(photos.len());
-    for chunk in photos.chunks(marklens::engine::EMBED_BATCH) {
+    for chunk in photos.chunks(batch.max(1)) {
         let read: Vec<anyhow::Result<Vec<u8>>> =
             chunk.iter().map(|p| read_limited(p, max_bytes)).collect();
-        let readable: Vec<&[u8]> = read
+        let readable: Vec<Vec<u8>> = read
             .iter()
-            .filter_map(|r| r.as_ref().ok().map(Vec::as_slice))
+            .filter_map(|r| r.as_ref().ok().cloned())
             .collect();
-        let mut results = engine.search_many(&readable, options).into_iter();
+        let mut results = search(readable).into_iter();
         for (path, bytes) in chunk.iter().zip(&read) {
             let outcome = match bytes {
                 Ok(_) => results
                     .next()
-                    .expect("one result per readable photo")
-                    .map_err(|e| e.to_string()),
+                    .unwrap_or_else(|| Err("no result for this photo".to_owned())),
                 Err(e) => Err(format!("{e:#}")),
             };
             reports.push(match outcome {
@@ -199,6 +236,26 @@ pub fn screen(
     }
     bar.finish_and_clear();
     reports
+}
+
+/// A searcher for [`screen`] over a local engine.
+pub fn search_locally<'a>(
+    engine: &'a Engine,
+    options: &'a SearchOptions,
+) -> impl FnMut(Vec<Vec<u8>>) -> Vec<Result<SearchResult, String>> + 'a {
+    move |images| {
+        let refs: Vec<&[u8]> = images.iter().map(Vec::as_slice).collect();
+        engine
+            .search_many(&refs, options)
+            .into_iter()
+            .map(|r| r.map_err(|e| e.to_string()))
+            .collect()
+    }
+}
+
+/// The gRPC message limit matching the image limit.
+fn message_limit(global: &Global) -> usize {
+    global.max_image_bytes + (1 << 20)
 }
 
 /// Prints an image's embedding as JSON: model, fingerprint, backend and vector.

@@ -43,6 +43,7 @@ pub fn requests(marks: &[(String, PathBuf)]) -> Vec<EnrollRequest> {
                 ..MarkFields::default()
             },
             image: std::fs::read(path).unwrap(),
+            create_only: false,
         })
         .collect()
 }

@@ -1,0 +1,257 @@
+//! Conversions between the protobuf messages and the library's types, shared by
+//! the server and the client, plus the mapping of engine errors to gRPC statuses.
+
+use tonic::{Code, Status};
+
+use super::pb;
+use crate::engine::{
+    EngineError, EnrollOutcome, Match, SearchFilter, SearchOptions, SearchResult, StageTimings,
+};
+use crate::store::{MarkFields, MarkRecord, MarkStatus};
+
+/// The gRPC status for an engine error: the client's fault or ours, precisely.
+pub fn status(error: EngineError) -> Status {
+    let code = match &error {
+        EngineError::Image(_) | EngineError::InvalidArgument(_) => Code::InvalidArgument,
+        EngineError::NotFound(_) => Code::NotFound,
+        EngineError::AlreadyExists(_) => Code::AlreadyExists,
+        EngineError::ModelMismatch { .. } | EngineError::Locked { .. } => Code::FailedPrecondition,
+        EngineError::Io { .. }
+        | EngineError::Store(_)
+        | EngineError::Embed(_)
+        | EngineError::BatchAborted(_) => Code::Internal,
+    };
+    if code == Code::Internal {
+        tracing::error!(%error, "internal error");
+    }
+    Status::new(code, error.to_string())
+}
+
+pub fn status_to_proto(status: MarkStatus) -> pb::MarkStatus {
+    match status {
+        MarkStatus::Active => pb::MarkStatus::Active,
+        MarkStatus::Pending => pb::MarkStatus::Pending,
+        MarkStatus::Suspended => pb::MarkStatus::Suspended,
+        MarkStatus::Expired => pb::MarkStatus::Expired,
+        MarkStatus::Withdrawn => pb::MarkStatus::Withdrawn,
+    }
+}
+
+/// `None` for UNSPECIFIED (and unknown values from newer clients).
+pub fn status_from_proto(value: i32) -> Option<MarkStatus> {
+    match pb::MarkStatus::try_from(value).ok()? {
+        pb::MarkStatus::Unspecified => None,
+        pb::MarkStatus::Active => Some(MarkStatus::Active),
+        pb::MarkStatus::Pending => Some(MarkStatus::Pending),
+        pb::MarkStatus::Suspended => Some(MarkStatus::Suspended),
+        pb::MarkStatus::Expired => Some(MarkStatus::Expired),
+        pb::MarkStatus::Withdrawn => Some(MarkStatus::Withdrawn),
+    }
+}
+
+/// Nice classes from the wire; a value over 255 is reported, not truncated.
+pub fn classes_from_proto(classes: &[u32]) -> Result<Vec<u8>, Status> {
+    classes
+        .iter()
+        .map(|&c| {
+            u8::try_from(c)
+                .map_err(|_| Status::invalid_argument(format!("nice class {c} is outside 1..=45")))
+        })
+        .collect()
+}
+
+fn non_empty(text: &str) -> Option<String> {
+    (!text.is_empty()).then(|| text.to_owned())
+}
+
+pub fn fields_from_proto(fields: Option<pb::MarkFields>) -> Result<MarkFields, Status> {
+    let f = fields.unwrap_or_default();
+    Ok(MarkFields {
+        recordation_number: non_empty(&f.recordation_number),
+        registration_number: non_empty(&f.registration_number),
+        name: non_empty(&f.name),
+        holder: non_empty(&f.holder),
+        nice_classes: classes_from_proto(&f.nice_classes)?,
+        status: status_from_proto(f.status).unwrap_or_default(),
+        valid_until: non_empty(&f.valid_until),
+    })
+}
+
+pub fn fields_to_proto(f: &MarkFields) -> pb::MarkFields {
+    pb::MarkFields {
+        recordation_number: f.recordation_number.clone().unwrap_or_default(),
+        registration_number: f.registration_number.clone().unwrap_or_default(),
+        name: f.name.clone().unwrap_or_default(),
+        holder: f.holder.clone().unwrap_or_default(),
+        nice_classes: f.nice_classes.iter().map(|&c| u32::from(c)).collect(),
+        status: status_to_proto(f.status) as i32,
+        valid_until: f.valid_until.clone().unwrap_or_default(),
+    }
+}
+
+pub fn mark_to_proto(record: &MarkRecord) -> pb::Mark {
+    pb::Mark {
+        id: record.id.clone(),
+        fields: Some(fields_to_proto(&record.fields)),
+        image_sha256: record.image_sha256.clone(),
+        image_format: record.image_format.clone(),
+        views: record.views as u32,
+        created_at: record.created_at.clone(),
+        updated_at: record.updated_at.clone(),
+        image: Vec::new(),
+    }
+}
+
+pub fn mark_from_proto(mark: pb::Mark) -> Result<MarkRecord, Status> {
+    Ok(MarkRecord {
+        fields: fields_from_proto(mark.fields)?,
+        id: mark.id,
+        image_sha256: mark.image_sha256,
+        image_format: mark.image_format,
+        views: mark.views as usize,
+        created_at: mark.created_at,
+        updated_at: mark.updated_at,
+    })
+}
+
+pub fn outcome_to_proto(outcome: EnrollOutcome) -> pb::EnrollOutcome {
+    match outcome {
+        EnrollOutcome::Created => pb::EnrollOutcome::Created,
+        EnrollOutcome::Replaced => pb::EnrollOutcome::Replaced,
+        EnrollOutcome::Updated => pb::EnrollOutcome::Updated,
+        EnrollOutcome::Unchanged => pb::EnrollOutcome::Unchanged,
+    }
+}
+
+/// Search options from a request, with the documented defaults.
+pub fn options_from_proto(request: &pb::SearchRequest) -> Result<SearchOptions, Status> {
+    let filter = request.filter.clone().unwrap_or_default();
+    Ok(SearchOptions {
+        top_k: if request.top_k == 0 {
+            10
+        } else {
+            request.top_k as usize
+        },
+        min_score: request.min_score,
+        filter: SearchFilter {
+            nice_classes: classes_from_proto(&filter.nice_classes)?,
+            statuses: filter
+                .statuses
+                .iter()
+                .filter_map(|&s| status_from_proto(s))
+                .collect(),
+            holder: non_empty(&filter.holder),
+        },
+    })
+}
+
+/// The request for `options`, the inverse of [`options_from_proto`].
+pub fn options_to_proto(options: &SearchOptions) -> pb::SearchRequest {
+    pb::SearchRequest {
+        request_id: String::new(),
+        image: Vec::new(),
+        top_k: options.top_k as u32,
+        min_score: options.min_score,
+        filter: Some(pb::SearchFilter {
+            nice_classes: options
+                .filter
+                .nice_classes
+                .iter()
+                .map(|&c| u32::from(c))
+                .collect(),
+            statuses: options
+                .filter
+                .statuses
+                .iter()
+                .map(|&s| status_to_proto(s) as i32)
+                .collect(),
+            holder: options.filter.holder.clone().unwrap_or_default(),
+        }),
+    }
+}
+
+pub fn timings_to_proto(t: &StageTimings) -> pb::StageTimings {
+    pb::StageTimings {
+        decode_ms: t.decode_ms,
+        preprocess_ms: t.preprocess_ms,
+        embed_ms: t.embed_ms,
+        search_ms: t.search_ms,
+        total_ms: t.total_ms,
+    }
+}
+
+pub fn result_to_proto(request_id: String, result: &SearchResult) -> pb::SearchResponse {
+    pb::SearchResponse {
+        request_id,
+        matches: result
+            .matches
+            .iter()
+            .map(|m| pb::Match {
+                rank: m.rank as u32,
+                score: m.score,
+                mark: Some(mark_to_proto(&m.record)),
+            })
+            .collect(),
+        timings: Some(timings_to_proto(&result.timings)),
+        error: None,
+    }
+}
+
+/// A reply back into the library's result type (what the CLI prints in both modes).
+pub fn result_from_proto(reply: pb::SearchResponse) -> Result<SearchResult, Status> {
+    if let Some(error) = reply.error {
+        let code = Code::from_i32(code_from_name(&error.code));
+        return Err(Status::new(code, error.message));
+    }
+    let matches = reply
+        .matches
+        .into_iter()
+        .map(|m| {
+            Ok(Match {
+                rank: m.rank as usize,
+                score: m.score,
+                record: mark_from_proto(m.mark.unwrap_or_default())?,
+            })
+        })
+        .collect::<Result<_, Status>>()?;
+    let t = reply.timings.unwrap_or_default();
+    Ok(SearchResult {
+        matches,
+        timings: StageTimings {
+            decode_ms: t.decode_ms,
+            preprocess_ms: t.preprocess_ms,
+            embed_ms: t.embed_ms,
+            search_ms: t.search_ms,
+            total_ms: t.total_ms,
+        },
+    })
+}
+
+/// The canonical name of a status code, as used in stream error fields.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+fn code_from_name(name: &str) -> i32 {
+    (0..=16)
+        .find(|&c| code_name(Code::from_i32(c)) == name)
+        .unwrap_or(Code::Unknown as i32)
+}
