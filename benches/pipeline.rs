@@ -1,6 +1,7 @@
 //! Criterion benches of the search pipeline's stages with the real model:
-//! decode + preprocess, embedding at batch 1 and 8, and index search over
-//! synthetic clustered vectors at 10k and 100k.
+//! decode + preprocess, embedding at batch 1 and 8, a whole library search at
+//! the demo gallery's size, and index search over synthetic clustered vectors at
+//! 10k and 100k (set MARKLENS_BENCH_SKIP_HNSW=1 to skip the slow graph builds).
 //!
 //! Run: `cargo bench --bench pipeline` (ONNX Runtime from models/setup_runtime.sh;
 //! MARKLENS_BACKEND=tract to measure tract instead).
@@ -9,9 +10,11 @@ use std::hint::black_box;
 use std::path::Path;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use marklens::embed::{BackendChoice, Embedder, ModelSpec, normalised};
+use marklens::embed::{BackendChoice, Embedder, ModelSpec};
 use marklens::imaging::{self, Limits};
+use marklens::index::synthetic::clustered;
 use marklens::index::{ExactIndex, HnswIndex, HnswParams, VectorIndex};
+use marklens::{Engine, EngineConfig, EnrollRequest, MarkFields, SearchOptions};
 
 fn fixture(path: &str) -> Vec<u8> {
     std::fs::read(
@@ -61,26 +64,6 @@ fn embed(c: &mut Criterion) {
     group.finish();
 }
 
-/// Unit vectors around 64 random centres, like embeddings of a gallery.
-fn clustered(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
-    let mut state = seed;
-    let mut next = move || {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((state >> 33) as f32 / (1u64 << 31) as f32) - 0.5
-    };
-    let centres: Vec<Vec<f32>> = (0..64)
-        .map(|_| (0..dim).map(|_| next()).collect())
-        .collect();
-    (0..n)
-        .map(|i| {
-            let c = &centres[i % centres.len()];
-            normalised(&c.iter().map(|x| x + 0.4 * next()).collect::<Vec<_>>())
-        })
-        .collect()
-}
-
 fn index_search(c: &mut Criterion) {
     let dim = 1280;
     let mut group = c.benchmark_group("index search k=10");
@@ -111,5 +94,42 @@ fn index_search(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decode_and_preprocess, embed, index_search);
+/// A whole library search (decode, preprocess, embed, rank) against the demo
+/// gallery of 300 real marks, the way `marklens search` runs it.
+fn engine_search(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(EngineConfig {
+        backend: backend(),
+        ..EngineConfig::new(dir.path())
+    })
+    .unwrap();
+    let gallery = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/gallery");
+    let requests: Vec<EnrollRequest> = std::fs::read_dir(&gallery)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|path| EnrollRequest {
+            id: path.file_stem().unwrap().to_string_lossy().into_owned(),
+            fields: MarkFields::default(),
+            image: std::fs::read(&path).unwrap(),
+            create_only: false,
+        })
+        .collect();
+    let count = requests.len();
+    for result in engine.enroll_many(requests) {
+        result.unwrap();
+    }
+    let photo = fixture("queries/q002_medium.jpg");
+    let options = SearchOptions::default();
+    c.bench_function(&format!("search, {count} marks, photo 384px"), |b| {
+        b.iter(|| black_box(engine.search(&photo, &options).unwrap()))
+    });
+}
+
+criterion_group!(
+    benches,
+    decode_and_preprocess,
+    embed,
+    engine_search,
+    index_search
+);
 criterion_main!(benches);

@@ -55,9 +55,7 @@ pub enum IndexChoice {
 
 impl Default for IndexChoice {
     fn default() -> Self {
-        IndexChoice::Auto {
-            exact_below: 20_000,
-        }
+        IndexChoice::Auto { exact_below: 5_000 }
     }
 }
 
@@ -485,6 +483,49 @@ impl Engine {
             .into_iter()
             .map(|r| r.expect("every request gets a result"))
             .collect()
+    }
+
+    /// Records marks with embeddings computed elsewhere (one vector each, of this
+    /// model's dimension), skipping the model. For migrations from a system running
+    /// the same model, and for building large synthetic galleries in benchmarks.
+    /// The image is stored as given and is not decoded.
+    pub fn enroll_embedded(
+        &self,
+        marks: Vec<(EnrollRequest, Vec<f32>)>,
+    ) -> Result<Vec<EnrollOutcome>, EngineError> {
+        let _writer = self.lock_writer();
+        let dim = self.embedder.dim();
+        let mut prepared = Vec::with_capacity(marks.len());
+        for (request, vector) in marks {
+            validate_id(&request.id)?;
+            request
+                .fields
+                .validate()
+                .map_err(EngineError::InvalidArgument)?;
+            if vector.len() != dim {
+                return Err(EngineError::InvalidArgument(format!(
+                    "vector of {} has {} dimensions, the model makes {dim}",
+                    request.id,
+                    vector.len()
+                )));
+            }
+            prepared.push(NewMark {
+                image_sha256: hex_sha256(&request.image),
+                image_format: image::guess_format(&request.image)
+                    .map(format_name)
+                    .unwrap_or_else(|_| "unknown".to_owned()),
+                id: request.id,
+                fields: request.fields,
+                image: request.image,
+                views: vec![crate::embed::normalised(&vector)],
+            });
+        }
+        let (outcomes, delta) = self
+            .lock_store()
+            .put(&prepared, self.embedder.fingerprint())?;
+        let changed: Vec<&str> = prepared.iter().map(|m| m.id.as_str()).collect();
+        self.apply(&delta, &changed)?;
+        Ok(outcomes)
     }
 
     /// Decodes and preprocesses images in parallel, timing each one's stages.

@@ -9,10 +9,8 @@
 
 use std::io::Cursor;
 
-use image::{
-    DynamicImage, ImageDecoder, ImageFormat, ImageReader, Rgb, RgbImage, imageops::FilterType,
-};
-use ndarray::{Array4, ArrayViewMut3};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Rgb, RgbImage};
+use ndarray::Array4;
 
 /// Bounds applied to every image before and during decoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,43 +150,48 @@ pub struct Preprocess {
 
 impl Preprocess {
     /// The model input for `images`: a `[N, 3, size, size]` tensor.
+    ///
+    /// Each image is first padded to a square with white (marks vary widely in
+    /// aspect ratio and must not be distorted), then resampled to the input size.
     pub fn tensor(&self, images: &[&RgbImage]) -> Array4<f32> {
         let side = self.size as usize;
+        let plane = side * side;
         let mut batch = Array4::<f32>::zeros((images.len(), 3, side, side));
-        for (image, slot) in images.iter().zip(batch.outer_iter_mut()) {
-            self.write_tensor(image, slot);
+        let data = batch.as_slice_mut().expect("a fresh array is contiguous");
+        let scale = self.std.map(|s| 1.0 / s);
+        let mut resizer = fast_image_resize::Resizer::new();
+        for (image, slot) in images.iter().zip(data.chunks_exact_mut(3 * plane)) {
+            let resized = self.resize(&mut resizer, image);
+            let (r, rest) = slot.split_at_mut(plane);
+            let (g, b) = rest.split_at_mut(plane);
+            for (i, px) in resized.chunks_exact(3).enumerate() {
+                r[i] = (f32::from(px[0]) - self.mean[0]) * scale[0];
+                g[i] = (f32::from(px[1]) - self.mean[1]) * scale[1];
+                b[i] = (f32::from(px[2]) - self.mean[2]) * scale[2];
+            }
         }
         batch
     }
 
-    /// Resizes `image` to the model's square input and writes it, normalised, into
-    /// `out` laid out as channels x height x width.
-    ///
-    /// The image is first padded to a square with white (marks vary widely in aspect
-    /// ratio and must not be distorted), then resampled. Large photos are shrunk with
-    /// an area-averaging filter, which is both faster and less aliased than a
-    /// separable kernel at high reduction ratios.
-    pub fn write_tensor(&self, image: &RgbImage, mut out: ArrayViewMut3<'_, f32>) {
-        let side = self.size;
-        assert_eq!(
-            out.shape(),
-            [3, side as usize, side as usize],
-            "tensor slot has the wrong shape"
-        );
+    /// Pads `image` to a white square and resamples it to the input size; returns
+    /// the packed RGB bytes.
+    fn resize(&self, resizer: &mut fast_image_resize::Resizer, image: &RgbImage) -> Vec<u8> {
+        use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, images::Image};
         let square = pad_to_square(image);
-        let resized = if square.width() > side {
-            image::imageops::thumbnail(&square, side, side)
-        } else if square.width() < side {
-            image::imageops::resize(&square, side, side, FilterType::Triangle)
-        } else {
-            square
-        };
-        for (x, y, pixel) in resized.enumerate_pixels() {
-            for c in 0..3 {
-                out[[c, y as usize, x as usize]] =
-                    (f32::from(pixel[c]) - self.mean[c]) / self.std[c];
-            }
+        let side = square.width();
+        if side == self.size {
+            return square.into_raw();
         }
+        // A triangle filter stretched to the scale factor: antialiased when
+        // shrinking, bilinear when enlarging. SIMD, about 10x faster than `image`'s.
+        let source = Image::from_vec_u8(side, side, square.into_raw(), PixelType::U8x3)
+            .expect("buffer matches its dimensions");
+        let mut target = Image::new(self.size, self.size, PixelType::U8x3);
+        let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+        resizer
+            .resize(&source, &mut target, &options)
+            .expect("same pixel type, non-empty images");
+        target.into_vec()
     }
 }
 
@@ -233,7 +236,6 @@ pub fn thumbnail_jpeg(image: &RgbImage, max_side: u32) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ndarray::Array3;
 
     fn png_bytes(image: &DynamicImage) -> Vec<u8> {
         let mut out = Cursor::new(Vec::new());
@@ -304,11 +306,11 @@ mod tests {
             mean: [127.0; 3],
             std: [128.0; 3],
         };
-        let mut tensor = Array3::<f32>::zeros((3, 16, 16));
-        pre.write_tensor(&image, tensor.view_mut());
+        let tensor = pre.tensor(&[&image, &image]);
+        assert_eq!(tensor.shape(), [2, 3, 16, 16]);
         let white = (255.0 - 127.0) / 128.0;
         let black = (0.0 - 127.0) / 128.0;
-        assert!((tensor[[0, 0, 8]] - white).abs() < 1e-6);
-        assert!((tensor[[2, 8, 8]] - black).abs() < 1e-6);
+        assert!((tensor[[1, 0, 0, 8]] - white).abs() < 1e-6);
+        assert!((tensor[[1, 2, 8, 8]] - black).abs() < 1e-6);
     }
 }

@@ -9,10 +9,12 @@
 //! - [`engine`]: the front door that ties them together: enrol, remove, search
 //! - [`report`]: screening reports (JSON, CSV, HTML) over search results
 //! - [`service`]: the gRPC API (server and client) over [`engine`]
+//! - [`bench`]: the benchmark harness (load generation)
 //!
 //! The `marklens` binary (CLI and `serve`) is a thin face over [`engine`] and
 //! [`service`].
 
+pub mod bench;
 pub mod embed;
 pub mod engine;
 pub mod imaging;

@@ -1,6 +1,7 @@
 //! The command line: one module per command family, all thin faces over
 //! [`marklens::Engine`].
 
+mod bench;
 mod demo;
 mod enroll;
 mod marks;
@@ -70,7 +71,7 @@ pub struct Global {
     pub index: String,
 
     /// With `--index auto`, galleries smaller than this use exact search.
-    #[arg(long, global = true, default_value_t = 20_000, value_name = "N")]
+    #[arg(long, global = true, default_value_t = 5_000, value_name = "N")]
     pub exact_below: usize,
 
     /// Largest image file accepted, in bytes.
@@ -114,6 +115,9 @@ pub enum Command {
         /// The image.
         image: PathBuf,
     },
+    /// Benchmarks: gRPC load, synthetic galleries at scale.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// Serve the gRPC API (marklens.v1, health, reflection).
     Serve(serve::ServeArgs),
     /// Enrol the bundled demo gallery, screen the demo photos into a report, serve.
@@ -146,6 +150,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Info { json } => marks::run_info(global, json),
         Command::Reembed => marks::run_reembed(global),
         Command::Embed { image } => search::run_embed(global, &image),
+        Command::Bench(c) => bench::run(global, c),
         Command::Serve(a) => serve::run(global, a),
         Command::Demo(a) => demo::run(global, a),
     }

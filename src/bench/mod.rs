@@ -1,0 +1,4 @@
+//! The benchmark harness: load generation against a running server, and large
+//! synthetic galleries for measuring the index at scale.
+
+pub mod load;
