@@ -485,56 +485,45 @@ fn put_one(
             read_record,
         )
         .optional()?;
-    let classes = format_classes(&mark.fields.nice_classes);
-    let f = &mark.fields;
-    let Some(existing) = existing else {
-        tx.execute(
-            &format!(
-                "INSERT INTO marks (id, recordation_number, registration_number, name, holder,
-                    nice_classes, status, valid_until, image_sha256, image_format, image,
-                    created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, {NOW}, {NOW})"
-            ),
-            params![
-                mark.id,
-                f.recordation_number,
-                f.registration_number,
-                f.name,
-                f.holder,
-                classes,
-                f.status.as_str(),
-                f.valid_until,
-                mark.image_sha256,
-                mark.image_format,
-                mark.image
-            ],
-        )?;
-        let seq = tx.last_insert_rowid();
-        insert_views(tx, seq, &mark.views, model, delta)?;
-        return Ok(PutOutcome::Created);
+    // Same image under the same model: the vectors stay, only fields may change.
+    let same_image = match &existing {
+        Some(existing) => {
+            let seq: i64 =
+                tx.query_row("SELECT seq FROM marks WHERE id = ?1", [&mark.id], |r| {
+                    r.get(0)
+                })?;
+            existing.image_sha256 == mark.image_sha256
+                && existing.views > 0
+                && vids_of_model(tx, seq, model)? == existing.views
+        }
+        None => false,
     };
-    let seq: i64 = tx.query_row("SELECT seq FROM marks WHERE id = ?1", [&mark.id], |r| {
-        r.get(0)
-    })?;
-    let same_model = vids_of_model(tx, seq, model)? == existing.views && existing.views > 0;
-    let same_image = existing.image_sha256 == mark.image_sha256 && same_model;
-    if same_image && existing.fields == mark.fields.normalised() {
+    if same_image && existing.as_ref().map(|e| &e.fields) == Some(&mark.fields.normalised()) {
         return Ok(PutOutcome::Unchanged);
     }
+    let f = &mark.fields;
     tx.execute(
         &format!(
-            "UPDATE marks SET recordation_number = ?2, registration_number = ?3, name = ?4,
-                holder = ?5, nice_classes = ?6, status = ?7, valid_until = ?8,
-                image_sha256 = ?9, image_format = ?10, image = ?11, updated_at = {NOW}
-             WHERE seq = ?1"
+            "INSERT INTO marks (id, recordation_number, registration_number, name, holder,
+                nice_classes, status, valid_until, image_sha256, image_format, image,
+                created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, {NOW}, {NOW})
+             ON CONFLICT(id) DO UPDATE SET
+                recordation_number = excluded.recordation_number,
+                registration_number = excluded.registration_number,
+                name = excluded.name, holder = excluded.holder,
+                nice_classes = excluded.nice_classes, status = excluded.status,
+                valid_until = excluded.valid_until, image_sha256 = excluded.image_sha256,
+                image_format = excluded.image_format, image = excluded.image,
+                updated_at = excluded.updated_at"
         ),
         params![
-            seq,
+            mark.id,
             f.recordation_number,
             f.registration_number,
             f.name,
             f.holder,
-            classes,
+            format_classes(&f.nice_classes),
             f.status.as_str(),
             f.valid_until,
             mark.image_sha256,
@@ -542,6 +531,13 @@ fn put_one(
             mark.image
         ],
     )?;
+    let seq: i64 = tx.query_row("SELECT seq FROM marks WHERE id = ?1", [&mark.id], |r| {
+        r.get(0)
+    })?;
+    if existing.is_none() {
+        insert_views(tx, seq, &mark.views, model, delta)?;
+        return Ok(PutOutcome::Created);
+    }
     if same_image {
         return Ok(PutOutcome::Updated);
     }
