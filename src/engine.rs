@@ -383,12 +383,7 @@ impl Engine {
         // 1. Validate and hash; find what needs the model.
         let mut prepared: Vec<(usize, NewMark, bool)> = Vec::new();
         for (i, request) in requests.into_iter().enumerate() {
-            if let Err(e) = validate_id(&request.id).and_then(|()| {
-                request
-                    .fields
-                    .validate()
-                    .map_err(EngineError::InvalidArgument)
-            }) {
+            if let Err(e) = validate_request(&request) {
                 results[i] = Some(Err(e));
                 continue;
             }
@@ -434,10 +429,7 @@ impl Engine {
                 }
             }
         }
-        if prepared
-            .iter()
-            .any(|(_, m, needs)| !needs && m.image_format.is_empty())
-        {
+        if prepared.iter().any(|(_, _, needs)| !needs) {
             // Unchanged images keep their recorded format.
             let store = self.lock_store();
             for (_, mark, _) in prepared.iter_mut().filter(|(_, _, needs)| !needs) {
@@ -448,13 +440,12 @@ impl Engine {
         }
 
         // 3. Record everything that is ready in one transaction, then index it.
-        let ready: Vec<(usize, NewMark)> = prepared
+        let (positions, marks): (Vec<usize>, Vec<NewMark>) = prepared
             .into_iter()
             .filter(|(i, _, _)| results[*i].is_none())
             .map(|(i, m, _)| (i, m))
-            .collect();
-        if !ready.is_empty() {
-            let marks: Vec<NewMark> = ready.iter().map(|(_, m)| m.clone()).collect();
+            .unzip();
+        if !marks.is_empty() {
             let put = self.lock_store().put(&marks, &fingerprint);
             match put {
                 Ok((outcomes, delta)) => {
@@ -467,14 +458,14 @@ impl Engine {
                     if let Err(e) = self.apply(&delta, &changed) {
                         tracing::error!(error = %e, "index update failed after commit");
                     }
-                    for ((i, _), outcome) in ready.iter().zip(outcomes) {
-                        results[*i] = Some(Ok(outcome));
+                    for (&i, outcome) in positions.iter().zip(outcomes) {
+                        results[i] = Some(Ok(outcome));
                     }
                 }
                 Err(e) => {
                     let message = e.to_string();
-                    for (i, _) in &ready {
-                        results[*i] = Some(Err(EngineError::BatchAborted(message.clone())));
+                    for &i in &positions {
+                        results[i] = Some(Err(EngineError::BatchAborted(message.clone())));
                     }
                 }
             }
@@ -497,11 +488,7 @@ impl Engine {
         let dim = self.embedder.dim();
         let mut prepared = Vec::with_capacity(marks.len());
         for (request, vector) in marks {
-            validate_id(&request.id)?;
-            request
-                .fields
-                .validate()
-                .map_err(EngineError::InvalidArgument)?;
+            validate_request(&request)?;
             if vector.len() != dim {
                 return Err(EngineError::InvalidArgument(format!(
                     "vector of {} has {} dimensions, the model makes {dim}",
@@ -667,11 +654,11 @@ impl Engine {
     fn compact_if_needed(&self) -> Result<(), EngineError> {
         let (tombstones, live) = {
             let s = self.read_searchable();
+            if !needs_compaction(s.index.as_ref()) {
+                return Ok(());
+            }
             (s.index.tombstones(), s.index.len())
         };
-        if tombstones == 0 || tombstones * 4 < live + tombstones {
-            return Ok(());
-        }
         tracing::info!(tombstones, live, "compacting the index");
         let rebuilt = build_index(&self.config, &self.lock_store(), &self.embedder, live)?;
         self.write_searchable().index = rebuilt;
@@ -956,7 +943,7 @@ fn load_searchable(
                 })?;
                 graph.insert(&fresh);
                 let tombstones = graph.tombstones();
-                if tombstones * 4 < graph.len() + tombstones {
+                if !needs_compaction(&graph) {
                     tracing::info!(added = fresh.len(), tombstones, "index snapshot loaded");
                     return Ok(Searchable {
                         index: Box::new(graph),
@@ -1007,6 +994,21 @@ fn fail_all<T>(n: usize, error: &EmbedError) -> Vec<Result<T, EngineError>> {
     (0..n)
         .map(|_| Err(EmbedError::Inference(message.clone()).into()))
         .collect()
+}
+
+/// Checks a request's id and fields (not its image: decoding does that).
+fn validate_request(request: &EnrollRequest) -> Result<(), EngineError> {
+    validate_id(&request.id)?;
+    request
+        .fields
+        .validate()
+        .map_err(EngineError::InvalidArgument)
+}
+
+/// Whether removed vectors make up a quarter or more of a graph index.
+fn needs_compaction(index: &dyn VectorIndex) -> bool {
+    let tombstones = index.tombstones();
+    tombstones > 0 && tombstones * 4 >= index.len() + tombstones
 }
 
 fn validate_id(id: &str) -> Result<(), EngineError> {
