@@ -55,6 +55,20 @@ impl ServiceState {
         Some(Instant::now() + timeout)
     }
 
+    /// Runs `job` with the engine on the work pool (refused at once when the queue
+    /// is full); engine errors become their gRPC statuses.
+    async fn engine_call<T, F>(&self, deadline: Option<Instant>, job: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Engine) -> Result<T, EngineError> + Send + 'static,
+    {
+        let engine = self.engine.clone();
+        self.pool
+            .run(deadline, move || job(&engine))
+            .await?
+            .map_err(status)
+    }
+
     /// Runs a handler body and records its latency and outcome.
     async fn observed<T>(
         &self,
@@ -110,15 +124,12 @@ impl pb::registry_server::Registry for Registry {
             .observed("marklens.v1.Registry/Enroll", async {
                 let enroll = enroll_request(request.into_inner())?;
                 let id = enroll.id.clone();
-                let engine = state.engine.clone();
                 let (outcome, record) = state
-                    .pool
-                    .run(deadline, move || {
+                    .engine_call(deadline, move |engine| {
                         let outcome = engine.enroll(enroll)?;
                         Ok::<_, EngineError>((outcome, engine.get(&id)?))
                     })
-                    .await?
-                    .map_err(status)?;
+                    .await?;
                 Ok(Response::new(pb::EnrollResponse {
                     outcome: convert::outcome_to_proto(outcome) as i32,
                     mark: Some(convert::mark_to_proto(&record)),
@@ -166,18 +177,15 @@ impl pb::registry_server::Registry for Registry {
         state
             .observed("marklens.v1.Registry/GetMark", async {
                 let request = request.into_inner();
-                let engine = state.engine.clone();
                 let mark = state
-                    .pool
-                    .run(deadline, move || {
+                    .engine_call(deadline, move |engine| {
                         let mut mark = convert::mark_to_proto(&engine.get(&request.id)?);
                         if request.include_image {
                             mark.image = engine.image(&request.id)?;
                         }
                         Ok::<_, EngineError>(mark)
                     })
-                    .await?
-                    .map_err(status)?;
+                    .await?;
                 Ok(Response::new(mark))
             })
             .await
@@ -192,12 +200,9 @@ impl pb::registry_server::Registry for Registry {
         state
             .observed("marklens.v1.Registry/RemoveMark", async {
                 let id = request.into_inner().id;
-                let engine = state.engine.clone();
                 state
-                    .pool
-                    .run(deadline, move || engine.remove(&id))
-                    .await?
-                    .map_err(status)?;
+                    .engine_call(deadline, move |engine| engine.remove(&id))
+                    .await?;
                 Ok(Response::new(pb::RemoveMarkResponse {}))
             })
             .await
@@ -226,12 +231,9 @@ impl pb::registry_server::Registry for Registry {
                     holder: (!r.holder.is_empty()).then_some(r.holder),
                     nice_classes: convert::classes_from_proto(&r.nice_classes)?,
                 };
-                let engine = state.engine.clone();
                 let mut marks = state
-                    .pool
-                    .run(deadline, move || engine.list(&query))
-                    .await?
-                    .map_err(status)?;
+                    .engine_call(deadline, move |engine| engine.list(&query))
+                    .await?;
                 // One extra row tells whether another page follows.
                 let next_page_token = if marks.len() > page {
                     marks.truncate(page);
@@ -399,12 +401,9 @@ impl pb::info_server::Info for InfoService {
         let deadline = state.deadline(&request);
         state
             .observed("marklens.v1.Info/GetInfo", async {
-                let engine = state.engine.clone();
                 let info = state
-                    .pool
-                    .run(deadline, move || engine.info())
-                    .await?
-                    .map_err(status)?;
+                    .engine_call(deadline, move |engine| engine.info())
+                    .await?;
                 Ok(Response::new(pb::InfoResponse {
                     model: info.model,
                     model_sha256: info.model_sha256,
