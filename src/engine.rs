@@ -275,6 +275,9 @@ struct Searchable {
     owners: HashMap<u64, Owner>,
 }
 
+/// A mark id and one of its vectors.
+pub type MarkVector = (Arc<str>, Vec<f32>);
+
 /// An open data directory with its model loaded.
 pub struct Engine {
     config: EngineConfig,
@@ -795,6 +798,36 @@ impl Engine {
             }
         }
         Ok(matches)
+    }
+
+    /// Decodes, preprocesses and embeds images (one model batch per
+    /// `EMBED_BATCH`); one unit vector, or why that image failed, per image.
+    pub fn embed(&self, images: &[&[u8]]) -> Vec<Result<Vec<f32>, EngineError>> {
+        images
+            .chunks(EMBED_BATCH)
+            .flat_map(|chunk| self.embed_images(chunk))
+            .map(|r| r.map(|(vector, _)| vector))
+            .collect()
+    }
+
+    /// Every indexed vector with the id of its mark, in enrolment order: the
+    /// gallery as the benchmark sees it.
+    pub fn vectors(&self) -> Result<Vec<MarkVector>, EngineError> {
+        let mut rows = Vec::new();
+        self.lock_store().for_each_vector(
+            self.embedder.fingerprint(),
+            self.embedder.dim(),
+            0,
+            |vid, vector| rows.push((vid, vector)),
+        )?;
+        let searchable = self.read_searchable();
+        Ok(rows
+            .into_iter()
+            .filter_map(|(vid, vector)| {
+                let owner = searchable.owners.get(&vid)?;
+                Some((owner.mark_id.clone(), vector))
+            })
+            .collect())
     }
 
     /// Re-embeds every mark whose vectors were made by another model (after a model

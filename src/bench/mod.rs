@@ -2,3 +2,6 @@
 //! synthetic galleries for measuring the index at scale.
 
 pub mod load;
+pub mod metrics;
+pub mod report;
+pub mod retrieval;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 use marklens::bench::load;
@@ -16,6 +16,18 @@ use super::{Global, image_files, progress, read_limited};
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// The retrieval benchmark: enrol a gallery manifest (marks already in the
+    /// data directory are reused), search every photo of a query manifest, and
+    /// write a report: recall@1/5/10, MRR and NAR per level and variant kind,
+    /// the open-set "no match" operating points, latency per stage, the index's
+    /// recall against exact search at several `ef`, enrolment rate and memory.
+    ///
+    /// Manifests are CSV. Gallery: mark_id, file (relative to the manifest), and
+    /// optionally brand and kind (mark | distractor), plus any enrolment columns.
+    /// Queries: file, expected_mark_id (empty for open-set photos), and
+    /// optionally brand, level and variant. benches/dataset/build.py writes both;
+    /// fixtures/gallery.csv and fixtures/queries.csv are a small pair.
+    Run(RunArgs),
     /// Drive Matcher/Search over loopback at several concurrency levels and report
     /// QPS and latency percentiles (client side).
     Load(LoadArgs),
@@ -56,8 +68,31 @@ pub struct LoadArgs {
     pub json: Option<PathBuf>,
 }
 
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Gallery manifest to enrol first (marks already enrolled are skipped).
+    #[arg(long, value_name = "CSV")]
+    pub gallery: Option<PathBuf>,
+    /// Query manifest.
+    #[arg(long, value_name = "CSV")]
+    pub queries: PathBuf,
+    /// Folder for report.md, report.json and the SVG plots.
+    #[arg(long, value_name = "DIR", default_value = "bench-report")]
+    pub out: PathBuf,
+    /// `ef` values of the index sweep: hnsw_rs is built over the gallery's
+    /// vectors with the engine's graph parameters and compared with exact search
+    /// at each. Empty (`--ef ''`) skips it.
+    #[arg(long, value_delimiter = ',', default_value = "16,32,64,128,256")]
+    pub ef: Vec<usize>,
+    /// Also write the gallery and query vectors here, for the Python peers
+    /// (benches/peers.py): gallery.f32, gallery.ids, queries.f32, queries.tsv.
+    #[arg(long, value_name = "DIR")]
+    pub export: Option<PathBuf>,
+}
+
 pub fn run(global: &Global, command: BenchCommand) -> anyhow::Result<ExitCode> {
     match command {
+        BenchCommand::Run(args) => run_retrieval(global, args),
         BenchCommand::Load(args) => run_load(global, args),
         BenchCommand::Synth { count, seed } => run_synth(global, count, seed),
     }
@@ -195,6 +230,136 @@ fn run_synth(global: &Global, count: usize, seed: u64) -> anyhow::Result<ExitCod
         info.marks,
         info.index,
         info.indexed_vectors
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resident set size of this process, from /proc (None elsewhere).
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|name| name.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn run_retrieval(global: &Global, args: RunArgs) -> anyhow::Result<ExitCode> {
+    use marklens::bench::report::{BenchReport, Context, Enrolment, Memory};
+    use marklens::bench::retrieval::{
+        GalleryRow, GalleryVectors, Relevance, RetrievalConfig, evaluate, load_queries,
+        read_manifest,
+    };
+
+    let gallery_rows: Vec<GalleryRow> = match &args.gallery {
+        Some(path) => read_manifest(path)?,
+        None => Vec::new(),
+    };
+    let queries = load_queries(&args.queries, global.max_image_bytes as u64)?;
+    anyhow::ensure!(
+        !queries.is_empty(),
+        "{} lists no queries",
+        args.queries.display()
+    );
+
+    // Enrol what the data directory lacks, timing it; then open it afresh so
+    // that opening time and memory are those of a restart.
+    let rss_before = resident_bytes();
+    let mut engine = global.open()?;
+    let mut enrolment = None;
+    let mut open_seconds = None;
+    if let Some(path) = &args.gallery {
+        let missing: Vec<_> = super::enroll::read_manifest(path)?
+            .into_iter()
+            .filter(|e| engine.get(&e.id).is_err())
+            .collect();
+        if !missing.is_empty() {
+            let started = Instant::now();
+            let summary = super::enroll::enroll_entries(
+                &engine,
+                missing,
+                super::enroll::BATCH,
+                global.max_image_bytes,
+            );
+            engine.flush()?;
+            let seconds = started.elapsed().as_secs_f64();
+            for (file, error) in &summary.failed {
+                tracing::warn!(file = %file.display(), %error, "gallery mark not enrolled");
+            }
+            let marks = summary.created + summary.replaced + summary.updated;
+            enrolment = Some(Enrolment {
+                marks,
+                seconds,
+                per_second: marks as f64 / seconds,
+            });
+            drop(engine);
+            let started = Instant::now();
+            engine = global.open()?;
+            open_seconds = Some(started.elapsed().as_secs_f64());
+        }
+    }
+    let info = engine.info()?;
+    let memory = rss_before.zip(resident_bytes()).map(|(before, after)| {
+        let rss = after.saturating_sub(before);
+        Memory {
+            open_seconds,
+            rss_bytes: rss,
+            bytes_per_mark: rss as f64 / info.marks.max(1) as f64,
+            after_enrolment: enrolment.is_some(),
+        }
+    });
+
+    let gallery = GalleryVectors::from_engine(&engine)?;
+    let relevance = Relevance::new(&gallery, &gallery_rows);
+    let config = RetrievalConfig {
+        ef_values: args.ef.clone(),
+        hnsw: engine.config().hnsw,
+        export: args.export.clone(),
+    };
+    if let Some(dir) = &config.export {
+        std::fs::create_dir_all(dir)?;
+        gallery.export(dir)?;
+    }
+    let bar = progress(queries.len(), "searching");
+    let evaluation = evaluate(&engine, &gallery, &relevance, &queries, &config, &|| {
+        bar.inc(1)
+    })?;
+    bar.finish_and_clear();
+
+    let distractors = gallery_rows
+        .iter()
+        .filter(|r| r.kind == "distractor")
+        .count();
+    let report = BenchReport {
+        context: Context {
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+            gallery_manifest: args.gallery.as_ref().map(|p| p.display().to_string()),
+            query_manifest: args.queries.display().to_string(),
+            real_marks: gallery.marks.len().saturating_sub(distractors),
+            distractors,
+            model: info.model.clone(),
+            backend: info.backend.name().to_owned(),
+            cpu: cpu_name(),
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        },
+        enrolment,
+        memory,
+        evaluation,
+    };
+    report.write(&args.out)?;
+    print!("{}", report.markdown());
+    println!(
+        "\nreport written to {}",
+        args.out.join("report.md").display()
     );
     Ok(ExitCode::SUCCESS)
 }

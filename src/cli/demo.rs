@@ -43,7 +43,12 @@ pub fn enroll_demo_gallery(
     let entries = read_manifest(&fixtures.join("gallery.csv"))?;
     let total = entries.len();
     let started = std::time::Instant::now();
-    let summary = enroll_entries(engine, entries, 64, global.max_image_bytes);
+    let summary = enroll_entries(
+        engine,
+        entries,
+        super::enroll::BATCH,
+        global.max_image_bytes,
+    );
     println!(
         "gallery: {total} real marks in {:.1} s ({} new, {} already recorded, {} failed)",
         started.elapsed().as_secs_f64(),

@@ -22,7 +22,7 @@ pub struct EnrollArgs {
     pub paths: Vec<PathBuf>,
 
     /// Marks read and recorded per transaction.
-    #[arg(long, default_value_t = 64, value_name = "N")]
+    #[arg(long, default_value_t = BATCH, value_name = "N")]
     pub batch: usize,
 }
 
@@ -178,6 +178,9 @@ pub struct Summary {
     pub unchanged: usize,
     pub failed: Vec<(PathBuf, String)>,
 }
+
+/// Marks read and recorded per transaction unless told otherwise.
+pub const BATCH: usize = 64;
 
 /// Enrols `entries` with a progress bar; failures are collected, not fatal.
 pub fn enroll_entries(

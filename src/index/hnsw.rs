@@ -303,6 +303,10 @@ impl VectorIndex for HnswIndex {
         self.tombstones.len()
     }
 
+    fn set_ef_search(&mut self, ef: usize) {
+        self.params.ef_search = ef.max(1);
+    }
+
     fn kind(&self) -> &'static str {
         "hnsw"
     }

@@ -39,6 +39,9 @@ pub trait VectorIndex: Send + Sync {
     fn tombstones(&self) -> usize;
     /// A short name for logs and `info`.
     fn kind(&self) -> &'static str;
+    /// Sets the candidate list size of approximate searches (the speed/recall
+    /// trade-off); exact search has none and ignores it.
+    fn set_ef_search(&mut self, _ef: usize) {}
     /// Writes a snapshot for a fast restart into `dir`, if this kind of index is
     /// worth one; returns whether it wrote one.
     fn save_snapshot(&self, _dir: &std::path::Path, _tag: &str) -> Result<bool, SnapshotError> {

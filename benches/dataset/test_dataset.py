@@ -1,0 +1,93 @@
+"""Unit tests of the dataset builder that need no npm package: run with
+`python -m unittest discover -s benches/dataset` (tests/bench.rs does)."""
+
+from __future__ import annotations
+
+import io
+import unittest
+
+import numpy as np
+
+from build import OPEN_PERCENT, brand_key, is_open, split_of
+from markdata import Mark, render_rgba
+from photo import LEVELS, photograph
+from variants import VARIANTS, make_variant
+
+# Two ink parts (a ring and a bar) so that element removal has a part to take.
+SVG = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 100 60">'
+       '<circle cx="30" cy="30" r="22" fill="none" stroke="#c8102e" stroke-width="9"/>'
+       '<rect x="62" y="10" width="30" height="40" fill="#003da5"/></svg>')
+
+
+def mark() -> Mark:
+    return Mark(mark_id="t", source_set="test", name="t", svg=SVG, licence="CC0-1.0")
+
+
+def jpeg(seed: int, level: str) -> tuple[bytes, dict]:
+    img, params = photograph(render_rgba(mark(), size=256, keep=False), False, level, seed)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=params["jpeg_quality"])
+    return buf.getvalue(), params
+
+
+class PhotoTest(unittest.TestCase):
+    def test_same_seed_gives_identical_bytes_and_other_seeds_do_not(self):
+        for level in LEVELS:
+            a, pa = jpeg(7, level)
+            b, pb = jpeg(7, level)
+            c, _ = jpeg(8, level)
+            self.assertEqual(a, b, level)
+            self.assertEqual(pa, pb, level)
+            self.assertNotEqual(a, c, level)
+
+    def test_parameters_stay_within_their_level(self):
+        for level, cfg in LEVELS.items():
+            for seed in range(5):
+                _, p = jpeg(seed, level)
+                self.assertLessEqual(abs(p["rotation_deg"]), cfg["rot"])
+                self.assertTrue(cfg["jpeg"][0] <= p["jpeg_quality"] <= cfg["jpeg"][1])
+                self.assertTrue(cfg["frame"][0] <= p["frame_ratio"] <= cfg["frame"][1] + 1e-3)
+                if cfg["occl_p"] == 0:
+                    self.assertIsNone(p["occluder"])
+
+
+class VariantTest(unittest.TestCase):
+    def test_every_variant_alters_the_mark_reproducibly(self):
+        base = render_rgba(mark(), size=256, keep=False)
+        for kind in VARIANTS:
+            a, pa = make_variant(kind, base, np.random.default_rng(3))
+            b, pb = make_variant(kind, base, np.random.default_rng(3))
+            self.assertEqual(pa["variant"], kind)
+            self.assertEqual(pa, pb)
+            self.assertEqual(a.tobytes(), b.tobytes())
+            same_size = a.size == base.size
+            self.assertFalse(same_size and a.tobytes() == base.tobytes(), f"{kind} changed nothing")
+
+    def test_element_removal_takes_a_part_of_the_ink(self):
+        base = render_rgba(mark(), size=256, keep=False)
+        _, p = make_variant("remove", base, np.random.default_rng(0))
+        self.assertTrue(0.03 <= p["ink_removed"] <= 0.6, p)
+
+
+class SplitTest(unittest.TestCase):
+    def test_brand_keys_join_variants_of_one_brand(self):
+        self.assertEqual(brand_key("github-icon"), "github")
+        self.assertEqual(brand_key("react-original-wordmark"), "react")
+        self.assertEqual(brand_key("square-github"), "github")
+        self.assertEqual(brand_key("500px-logo-1"), "500px")
+        self.assertEqual(brand_key("1panel-dark"), "1panel")
+
+    def test_splits_and_open_set_follow_the_brand_alone(self):
+        brands = [f"brand{i}" for i in range(3000)]
+        splits = [split_of(b) for b in brands]
+        self.assertEqual(splits, [split_of(b) for b in brands])
+        share = {s: splits.count(s) / len(brands) for s in ("train", "calibration", "test")}
+        self.assertAlmostEqual(share["train"], 0.6, delta=0.04)
+        self.assertAlmostEqual(share["calibration"], 0.2, delta=0.04)
+        self.assertAlmostEqual(share["test"], 0.2, delta=0.04)
+        held = sum(is_open(b) for b in brands) / len(brands)
+        self.assertAlmostEqual(held, OPEN_PERCENT / 100, delta=0.03)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,355 @@
+#!/usr/bin/env python3
+"""What users would use instead of marklens, measured on the same data and machine.
+
+Reads what `marklens bench run --export DIR` wrote (the gallery's and the
+queries' vectors) and its report.json, and runs three peers:
+
+1. A reference pipeline of the kind users assemble themselves: Pillow decode
+   and the same preprocessing (pad to a white square, bilinear resize to 224,
+   (x - 127) / 128), the same ONNX model in onnxruntime, and faiss HNSW (same
+   graph parameters) over the same gallery vectors.  Latency per photo and
+   enrolment throughput, reported as marklens / reference ratios; the cosine
+   between its query vectors and marklens' checks that both compute the same
+   thing.
+2. A perceptual-hash matcher (imagehash pHash, Hamming distance): accuracy.
+3. hnswlib and faiss HNSW against hnsw_rs (marklens' index) on the same
+   vectors: build time, and single-thread QPS at equal recall@10.
+
+Writes peers.md and peers.json next to the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+import faiss
+import hnswlib
+import imagehash
+import numpy as np
+import onnxruntime as ort
+from PIL import Image, ImageOps
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def load_vectors(path: Path, dim: int) -> np.ndarray:
+    return np.fromfile(path, dtype="<f4").reshape(-1, dim)
+
+
+def percentiles(ms: list[float]) -> dict:
+    s = sorted(ms)
+
+    def at(q: float) -> float:
+        return s[max(1, int(np.ceil(q * len(s)))) - 1] if s else 0.0
+
+    return {"p50": at(0.50), "p95": at(0.95), "p99": at(0.99)}
+
+
+# --------------------------------------------------------------------------
+# 1. The reference pipeline
+# --------------------------------------------------------------------------
+
+
+def preprocess(path: Path) -> np.ndarray:
+    img = ImageOps.exif_transpose(Image.open(path))
+    if img.mode in ("RGBA", "LA", "P"):
+        img = img.convert("RGBA")
+        ground = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(ground, img)
+    img = img.convert("RGB")
+    side = max(img.size)
+    square = Image.new("RGB", (side, side), (255, 255, 255))
+    square.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
+    small = square.resize((224, 224), Image.Resampling.BILINEAR)
+    x = (np.asarray(small, dtype=np.float32) - 127.0) / 128.0
+    return x.transpose(2, 0, 1)[None]
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+
+def reference(args, gallery_vecs, query_files, query_vecs, marklens) -> dict:
+    session = ort.InferenceSession(str(args.model), providers=["CPUExecutionProvider"])
+    index = faiss.IndexHNSWFlat(gallery_vecs.shape[1], 16, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = 200
+    index.add(gallery_vecs)
+    index.hnsw.efSearch = 64
+    faiss.omp_set_num_threads(1)
+    files = query_files[: args.latency_queries]
+    for f in files[:5]:  # warm-up
+        session.run(["features"], {"input": preprocess(f)})
+    stages = {"decode_preprocess": [], "embed": [], "search": [], "total": []}
+    cosines = []
+    for i, f in enumerate(files):
+        t0 = time.perf_counter()
+        x = preprocess(f)
+        t1 = time.perf_counter()
+        v = unit(session.run(["features"], {"input": x})[0])
+        t2 = time.perf_counter()
+        index.search(v, 10)
+        t3 = time.perf_counter()
+        for k, a, b in (("decode_preprocess", t0, t1), ("embed", t1, t2), ("search", t2, t3),
+                        ("total", t0, t3)):
+            stages[k].append((b - a) * 1e3)
+        cosines.append(float(v[0] @ query_vecs[i]))
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    lat = {k: percentiles(v) for k, v in stages.items()}
+
+    # enrolment: decode, preprocess and embed gallery images in batches of 8
+    gal = args.gallery_files[: args.enrol_images]
+    t0 = time.perf_counter()
+    for i in range(0, len(gal), 8):
+        batch = np.concatenate([preprocess(p) for p in gal[i:i + 8]])
+        unit(session.run(["features"], {"input": batch})[0])
+    enrol_rate = len(gal) / (time.perf_counter() - t0)
+
+    ml_total = marklens["evaluation"]["stages"]["total"]["p50"]
+    ml_enrol = (marklens.get("enrolment") or {}).get("per_second")
+    return {
+        "queries_timed": len(files),
+        "latency_ms": lat,
+        "marklens_total_p50_ms": ml_total,
+        "latency_ratio_marklens_over_reference": ml_total / lat["total"]["p50"],
+        "enrol_per_second": enrol_rate,
+        "marklens_enrol_per_second": ml_enrol,
+        "enrol_ratio_marklens_over_reference": (ml_enrol / enrol_rate) if ml_enrol else None,
+        "vector_cosine_min": min(cosines) if cosines else None,
+        "vector_cosine_mean": float(np.mean(cosines)) if cosines else None,
+    }
+
+
+# --------------------------------------------------------------------------
+# 2. pHash
+# --------------------------------------------------------------------------
+
+
+def phash_of(path: Path) -> int:
+    img = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
+    return int(str(imagehash.phash(img)), 16)
+
+
+def phash_accuracy(args, gallery_rows, query_rows) -> dict:
+    with Pool(args.jobs) as pool:
+        g = np.array(pool.map(phash_of, args.gallery_files, chunksize=64), dtype=np.uint64)
+        q = np.array(pool.map(phash_of, args.query_paths, chunksize=16), dtype=np.uint64)
+    ids = [r["mark_id"] for r in gallery_rows]
+    brand_of = {r["mark_id"]: r.get("brand", "") for r in gallery_rows}
+    by_brand: dict[str, list[int]] = {}
+    for i, mid in enumerate(ids):
+        if brand_of[mid]:
+            by_brand.setdefault(brand_of[mid], []).append(i)
+    pos = {mid: i for i, mid in enumerate(ids)}
+    groups: dict[str, list[float]] = {}
+    for qi, row in enumerate(query_rows):
+        if not row["expected_mark_id"]:
+            continue
+        rel = set(by_brand.get(row.get("brand", ""), [])) | {pos[row["expected_mark_id"]]}
+        d = np.bitwise_count(g ^ q[qi]).astype(np.int32)
+        best = min(d[i] for i in rel)
+        better = int((d < best).sum())
+        ties = int((d == best).sum()) - 1
+        rank = 1 + better + ties / 2  # expected rank under a random tie-break
+        group = row.get("variant") or row.get("level") or "all"
+        for name in (group, "all"):
+            groups.setdefault(name, []).append(rank)
+    out = {}
+    for name, ranks in groups.items():
+        r = np.array(ranks)
+        out[name] = {"queries": len(r), "recall_at_1": float((r <= 1).mean()),
+                     "recall_at_5": float((r <= 5).mean()), "recall_at_10": float((r <= 10).mean()),
+                     "mrr": float((1 / r).mean())}
+    return out
+
+
+# --------------------------------------------------------------------------
+# 3. HNSW libraries on the same vectors
+# --------------------------------------------------------------------------
+
+
+def exact_top10(gallery: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    out = []
+    for i in range(0, len(queries), 256):
+        s = queries[i:i + 256] @ gallery.T
+        top = np.argpartition(-s, 10, axis=1)[:, :10] if s.shape[1] > 10 else np.argsort(-s, axis=1)
+        out.append(top)
+    return np.concatenate(out)
+
+
+def recall10(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
+
+
+def hnsw_peers(args, gallery: np.ndarray, queries: np.ndarray, marklens: dict) -> dict:
+    truth = exact_top10(gallery, queries)
+    threads = os.cpu_count() or 1
+    res = {}
+    # hnswlib
+    t0 = time.perf_counter()
+    h = hnswlib.Index(space="ip", dim=gallery.shape[1])
+    h.init_index(max_elements=len(gallery), M=16, ef_construction=200, random_seed=1)
+    h.add_items(gallery, np.arange(len(gallery)), num_threads=threads)
+    build = time.perf_counter() - t0
+    h.set_num_threads(1)
+    points = []
+    for ef in args.ef:
+        h.set_ef(max(ef, 10))
+        t0 = time.perf_counter()
+        labels, _ = h.knn_query(queries, k=10)
+        dt = time.perf_counter() - t0
+        points.append({"ef": ef, "recall_at_10_vs_exact": recall10(labels, truth),
+                       "qps": len(queries) / dt})
+    res["hnswlib"] = {"build_seconds": build, "points": points}
+    # faiss
+    faiss.omp_set_num_threads(threads)
+    t0 = time.perf_counter()
+    f = faiss.IndexHNSWFlat(gallery.shape[1], 16, faiss.METRIC_INNER_PRODUCT)
+    f.hnsw.efConstruction = 200
+    f.add(gallery)
+    build = time.perf_counter() - t0
+    faiss.omp_set_num_threads(1)
+    points = []
+    for ef in args.ef:
+        f.hnsw.efSearch = max(ef, 10)
+        t0 = time.perf_counter()
+        _, labels = f.search(queries, 10)
+        dt = time.perf_counter() - t0
+        points.append({"ef": ef, "recall_at_10_vs_exact": recall10(labels, truth),
+                       "qps": len(queries) / dt})
+    res["faiss"] = {"build_seconds": build, "points": points}
+    sweep = marklens["evaluation"].get("index_sweep")
+    if sweep:
+        res["hnsw_rs"] = {"build_seconds": sweep["build_seconds"],
+                          "points": [{"ef": p["ef"], "recall_at_10_vs_exact": p["recall_at_10_vs_exact"],
+                                      "qps": p["qps"]} for p in sweep["points"]]}
+    return res
+
+
+def qps_at(points: list[dict], target: float) -> dict | None:
+    """The fastest point reaching `target` recall@10."""
+    ok = [p for p in points if p["recall_at_10_vs_exact"] >= target]
+    return max(ok, key=lambda p: p["qps"]) if ok else None
+
+
+# --------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------
+
+
+def markdown(out: dict) -> str:
+    lines = ["# Peers, same data and machine", ""]
+    ref = out["reference"]
+    lat = ref["latency_ms"]
+    lines += [
+        "## Reference pipeline (Pillow + onnxruntime + faiss HNSW, same model and preprocessing)",
+        "",
+        f"{ref['queries_timed']} photos, one at a time.",
+        "",
+        "| stage | reference p50 ms | p95 | p99 |",
+        "|---|---|---|---|",
+    ]
+    for k in ("decode_preprocess", "embed", "search", "total"):
+        lines.append(f"| {k} | {lat[k]['p50']:.2f} | {lat[k]['p95']:.2f} | {lat[k]['p99']:.2f} |")
+    enrol = ref["enrol_ratio_marklens_over_reference"]
+    lines += [
+        "",
+        f"- marklens total p50 / reference total p50: **{ref['latency_ratio_marklens_over_reference']:.2f}** "
+        f"({ref['marklens_total_p50_ms']:.2f} ms / {lat['total']['p50']:.2f} ms; below 1 means marklens is faster; "
+        "marklens' total also includes fetching the ten records).",
+        f"- enrolment: reference {ref['enrol_per_second']:.1f} images/s (decode + embed only)"
+        + (f"; marklens {ref['marklens_enrol_per_second']:.1f} marks/s (stored, indexed, durable): "
+           f"ratio **{enrol:.2f}**." if enrol else "; marklens enrolled nothing in this run."),
+        f"- same vectors: cosine between reference and marklens query vectors, min "
+        f"{ref['vector_cosine_min']:.5f}, mean {ref['vector_cosine_mean']:.5f}.",
+        "",
+        "## Perceptual hash (imagehash pHash, Hamming distance) against marklens",
+        "",
+        "| group | queries | pHash recall@1 | pHash recall@10 | marklens recall@1 | marklens recall@10 |",
+        "|---|---|---|---|---|---|",
+    ]
+    ml = {g["group"]: g["exact"] for g in out["marklens_groups"]}
+    order = [g for g in ml if g in out["phash"]] + [g for g in out["phash"] if g not in ml]
+    for name in order:
+        s, m = out["phash"][name], ml.get(name, {})
+        lines.append(f"| {name} | {s['queries']} | {s['recall_at_1']:.3f} | {s['recall_at_10']:.3f} | "
+                     f"{m.get('recall_at_1', float('nan')):.3f} | {m.get('recall_at_10', float('nan')):.3f} |")
+    lines += ["", "pHash ties are broken at random (expected rank).", "",
+              "## HNSW libraries on the same vectors (M = 16, ef_construction = 200)", "",
+              "| library | build s (all cores) | ef | recall@10 vs exact | QPS (1 thread) |",
+              "|---|---|---|---|---|"]
+    for lib, r in out["hnsw"].items():
+        for p in r["points"]:
+            lines.append(f"| {lib} | {r['build_seconds']:.1f} | {p['ef']} | "
+                         f"{p['recall_at_10_vs_exact']:.4f} | {p['qps']:.0f} |")
+    lines += ["", "QPS at equal recall (the fastest setting reaching it):", ""]
+    for target in (0.90, 0.95, 0.99):
+        cells = []
+        for lib, r in out["hnsw"].items():
+            p = qps_at(r["points"], target)
+            cells.append(f"{lib} {p['qps']:.0f} (ef {p['ef']})" if p else f"{lib} not reached")
+        base = qps_at(out["hnsw"].get("hnsw_rs", {"points": []})["points"], target)
+        ratios = []
+        for lib in ("hnswlib", "faiss"):
+            p = qps_at(out["hnsw"][lib]["points"], target)
+            if base and p:
+                ratios.append(f"hnsw_rs / {lib} = {base['qps'] / p['qps']:.2f}")
+        lines.append(f"- recall@10 >= {target}: " + ", ".join(cells)
+                     + (f"; {', '.join(ratios)}" if ratios else ""))
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--export", type=Path, required=True, help="marklens bench run --export DIR")
+    ap.add_argument("--report", type=Path, required=True, help="marklens report.json")
+    ap.add_argument("--gallery", type=Path, required=True, help="gallery manifest (CSV)")
+    ap.add_argument("--queries", type=Path, required=True, help="query manifest (CSV)")
+    ap.add_argument("--model", type=Path, default=Path("models/efficientnet_lite0.onnx"))
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--ef", type=int, nargs="+", default=[16, 32, 64, 128, 256])
+    ap.add_argument("--latency-queries", type=int, default=300)
+    ap.add_argument("--enrol-images", type=int, default=400)
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    args = ap.parse_args()
+
+    marklens = json.loads(args.report.read_text())
+    gallery_rows = read_csv(args.gallery)
+    query_rows = read_csv(args.queries)
+    ids = args.export.joinpath("gallery.ids").read_text().split()
+    dim = 1280
+    gallery = load_vectors(args.export / "gallery.f32", dim)
+    queries = load_vectors(args.export / "queries.f32", dim)
+    assert len(gallery) == len(ids), "gallery.f32 and gallery.ids disagree"
+    exported = [line.split("\t")[0] for line in
+                args.export.joinpath("queries.tsv").read_text().splitlines()[1:]]
+    qbase, gbase = args.queries.parent, args.gallery.parent
+    by_file = {r["file"]: r for r in query_rows}
+    query_rows = [by_file[f] for f in exported]  # the queries marklens searched, in its order
+    args.query_paths = [qbase / r["file"] for r in query_rows]
+    file_of = {r["mark_id"]: gbase / r["file"] for r in gallery_rows}
+    gallery_rows = [r for r in gallery_rows if r["mark_id"] in set(ids)]
+    args.gallery_files = [file_of[r["mark_id"]] for r in gallery_rows]
+
+    out = {
+        "reference": reference(args, gallery, args.query_paths, queries, marklens),
+        "phash": phash_accuracy(args, gallery_rows, query_rows),
+        "hnsw": hnsw_peers(args, gallery, queries, marklens),
+        "marklens_groups": marklens["evaluation"]["groups"],
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "peers.json").write_text(json.dumps(out, indent=2))
+    (args.out / "peers.md").write_text(markdown(out))
+    print(markdown(out))
+
+
+if __name__ == "__main__":
+    main()
