@@ -64,8 +64,7 @@ from markdata import (
     save_png,
     seed_of,
 )
-from photo import photograph
-from variants import VARIANTS, make_variant
+from variants import VARIANTS, query_photo
 
 MASTER = "marklens-bench-v1"
 
@@ -271,20 +270,10 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def query_job(job: tuple) -> tuple[bytes, dict]:
-    """Photograph one mark (its gallery or held-out PNG re-rendered from SVG)."""
+    """Photograph one mark, re-rendered from its SVG."""
     svg, level, variant, seed = job
     mark = Mark(mark_id="", source_set="", name="", svg=svg, licence="")
-    rgba = render_rgba(mark, size=512, keep=False)
-    params: dict = {}
-    r = np.random.default_rng(seed)
-    if variant:
-        rgba, params = make_variant(variant, rgba, r)
-    dark = needs_dark_ground(rgba)
-    img, photo = photograph(rgba, dark, level, int(r.integers(0, 2**32)))
-    params.update(photo)
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=params["jpeg_quality"])
-    return buf.getvalue(), params
+    return query_photo(render_rgba(mark, size=512, keep=False), level, variant, seed)
 
 
 def cmd_queries(args: argparse.Namespace) -> None:

@@ -211,7 +211,7 @@ def photograph(rgba: Image.Image, dark: bool, level: str, seed: int) -> tuple[Im
             box = (x0 - 20, ty, x0 + mw + 20, ty + th)
             tint, opacity = np.array([235, 225, 190]), 0.55
         else:  # square sticker of area cov * mark box
-            s = max(2, int(np.sqrt(cov * mw * mh)))
+            s = max(2, min(int(np.sqrt(cov * mw * mh)), mw, mh))  # fits a long, thin mark
             sx, sy = x0 + int(r.uniform(0, mw - s)), y0 + int(r.uniform(0, mh - s))
             box = (sx, sy, sx + s, sy + s)
             white_sticker = r.random() < 0.5

@@ -8,9 +8,14 @@ the alteration, not the camera.
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 from scipy import ndimage
+
+from markdata import needs_dark_ground
+from photo import photograph
 
 VARIANTS = ["recolour", "reverse", "mirror", "redraw", "remove"]
 
@@ -123,6 +128,20 @@ def remove(rgba: Image.Image, r: np.random.Generator) -> tuple[Image.Image, dict
 def make_variant(kind: str, rgba: Image.Image, r: np.random.Generator) -> tuple[Image.Image, dict]:
     return {"recolour": recolour, "reverse": reverse, "mirror": mirror, "redraw": redraw,
             "remove": remove}[kind](rgba, r)
+
+
+def query_photo(rgba: Image.Image, level: str, variant: str, seed: int) -> tuple[bytes, dict]:
+    """One query: the mark (altered first when `variant` names one) photographed
+    at `level`, as JPEG bytes, with every parameter drawn from `seed`."""
+    r = np.random.default_rng(seed)
+    params: dict = {}
+    if variant:
+        rgba, params = make_variant(variant, rgba, r)
+    img, photo = photograph(rgba, needs_dark_ground(rgba), level, int(r.integers(0, 2**32)))
+    params.update(photo)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=params["jpeg_quality"])
+    return buf.getvalue(), params
 
 
 def _with_alpha(rgb: np.ndarray, a: np.ndarray) -> Image.Image:

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The whole marklens benchmark in one run, on one machine: build the dataset,
+# run `marklens bench run` on the real marks and on real marks + distractors,
+# and the Python peers on the same vectors.  Every step is skipped when its
+# output exists, and enrolment resumes where it stopped, so an interrupted run
+# continues when started again.  Figures and their meaning: docs/benchmarks.md.
+#
+# Usage: benches/run.sh [--data DIR] [--out DIR] [--distractors N]
+#                       [--per-level N] [--per-variant N] [--open N] [--split S]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DATA=target/bench-data   # gallery, queries and the marklens data directories
+OUT=bench-report         # reports
+DISTRACTORS=100000       # symbol icons added to the real marks (before dedup)
+PER_LEVEL=500            # photos per level (medium, hard)
+PER_VARIANT=100          # photos per infringing-variant kind
+OPEN=300                 # photos of brands kept out of the gallery
+SPLIT=test               # the split whose brands are photographed
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --data) DATA="$2"; shift 2 ;;
+        --out) OUT="$2"; shift 2 ;;
+        --distractors) DISTRACTORS="$2"; shift 2 ;;
+        --per-level) PER_LEVEL="$2"; shift 2 ;;
+        --per-variant) PER_VARIANT="$2"; shift 2 ;;
+        --open) OPEN="$2"; shift 2 ;;
+        --split) SPLIT="$2"; shift 2 ;;
+        *) echo "unknown option $1 (see the header of $0)" >&2; exit 2 ;;
+    esac
+done
+
+# Python side: pinned packages from PyPI, installed next to the build.
+SITE=target/bench-py
+if ! cmp -s benches/requirements.txt "$SITE/requirements.txt"; then
+    rm -rf "$SITE"
+    python3 -m pip install --quiet --disable-pip-version-check --target "$SITE" \
+        -r benches/requirements.txt
+    cp benches/requirements.txt "$SITE/requirements.txt"
+fi
+py() { PYTHONPATH="$SITE" python3 "$@"; }
+
+./models/setup_runtime.sh
+cargo build --release --locked
+marklens() { target/release/marklens "$@"; }
+
+# 1. The gallery: real marks and distractors, rendered once.
+if [ ! -f "$DATA/MANIFEST.sha256" ]; then
+    py benches/dataset/build.py gallery --out "$DATA" --distractors "$DISTRACTORS"
+fi
+(cd "$DATA" && sha256sum -c --quiet MANIFEST.sha256)
+
+# 2. Photo queries of the chosen split.
+QUERIES="$DATA/queries-$SPLIT"
+if [ ! -f "$QUERIES/queries.csv" ]; then
+    py benches/dataset/build.py queries --data "$DATA" --split "$SPLIT" --out "$QUERIES" \
+        --per-level "$PER_LEVEL" --per-variant "$PER_VARIANT" --open "$OPEN"
+fi
+
+# 3. marklens and the peers: real marks only, then with the distractors (that
+#    data directory starts as a copy of the first, so only distractors are new).
+run() {
+    local name="$1" manifest="$2"
+    marklens --data-dir "$DATA/db-$name" bench run --gallery "$manifest" \
+        --queries "$QUERIES/queries.csv" --out "$OUT/$name" --export "$OUT/$name/vectors"
+    py benches/peers.py --export "$OUT/$name/vectors" --report "$OUT/$name/report.json" \
+        --gallery "$manifest" --queries "$QUERIES/queries.csv" --out "$OUT/$name"
+    rm -rf "$OUT/$name/vectors"
+}
+run real "$DATA/gallery-real.csv"
+if [ ! -d "$DATA/db-full" ]; then
+    cp -r "$DATA/db-real" "$DATA/db-full"
+fi
+run full "$DATA/gallery-full.csv"
+echo "reports: $OUT/real/{report,peers}.md and $OUT/full/{report,peers}.md"
