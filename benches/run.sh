@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The whole marklens benchmark in one run, on one machine: build the dataset,
 # run `marklens bench run` on the real marks and on real marks + distractors,
-# and the Python peers on the same vectors.  Every step is skipped when its
-# output exists, and enrolment resumes where it stopped, so an interrupted run
-# continues when started again.  Figures and their meaning: docs/benchmarks.md.
+# and the Python peers on the same vectors.  The dataset steps are skipped when
+# their output exists (with the same parameters), and enrolment resumes where it
+# stopped, so an interrupted run continues when started again; the measurements
+# always run.  Figures and their meaning: docs/benchmarks.md.
 #
 # Usage: benches/run.sh [--data DIR] [--out DIR] [--distractors N]
 #                       [--per-level N] [--per-variant N] [--open N] [--split S]
 set -euo pipefail
-cd "$(dirname "$0")/.."
 
 DATA=target/bench-data   # gallery, queries and the marklens data directories
 OUT=bench-report         # reports
@@ -29,32 +29,34 @@ while [ $# -gt 0 ]; do
         *) echo "unknown option $1 (see the header of $0)" >&2; exit 2 ;;
     esac
 done
+DATA=$(realpath -m "$DATA")
+OUT=$(realpath -m "$OUT")
+cd "$(dirname "$0")/.."
 
-# Python side: pinned packages from PyPI, installed next to the build.
-SITE=target/bench-py
-if ! cmp -s benches/requirements.txt "$SITE/requirements.txt"; then
-    rm -rf "$SITE"
-    python3 -m pip install --quiet --disable-pip-version-check --target "$SITE" \
-        -r benches/requirements.txt
-    cp benches/requirements.txt "$SITE/requirements.txt"
-fi
-py() { PYTHONPATH="$SITE" python3 "$@"; }
+benches/setup.sh
+py() { PYTHONPATH=target/bench-py python3 "$@"; }
 
 ./models/setup_runtime.sh
 cargo build --release --locked
 marklens() { target/release/marklens "$@"; }
 
+# A step's output is reused only if it was made with the same parameters.
+fresh() { [ -f "$1/params" ] && [ "$(cat "$1/params")" = "$2" ]; }
+
 # 1. The gallery: real marks and distractors, rendered once.
-if [ ! -f "$DATA/MANIFEST.sha256" ]; then
+if ! fresh "$DATA" "distractors=$DISTRACTORS"; then
     py benches/dataset/build.py gallery --out "$DATA" --distractors "$DISTRACTORS"
+    echo "distractors=$DISTRACTORS" > "$DATA/params"
 fi
 (cd "$DATA" && sha256sum -c --quiet MANIFEST.sha256)
 
 # 2. Photo queries of the chosen split.
 QUERIES="$DATA/queries-$SPLIT"
-if [ ! -f "$QUERIES/queries.csv" ]; then
+QPARAMS="per-level=$PER_LEVEL per-variant=$PER_VARIANT open=$OPEN"
+if ! fresh "$QUERIES" "$QPARAMS"; then
     py benches/dataset/build.py queries --data "$DATA" --split "$SPLIT" --out "$QUERIES" \
         --per-level "$PER_LEVEL" --per-variant "$PER_VARIANT" --open "$OPEN"
+    echo "$QPARAMS" > "$QUERIES/params"
 fi
 
 # 3. marklens and the peers: real marks only, then with the distractors (that
@@ -69,7 +71,9 @@ run() {
 }
 run real "$DATA/gallery-real.csv"
 if [ ! -d "$DATA/db-full" ]; then
-    cp -r "$DATA/db-real" "$DATA/db-full"
+    rm -rf "$DATA/db-full.partial"
+    cp -r "$DATA/db-real" "$DATA/db-full.partial"
+    mv "$DATA/db-full.partial" "$DATA/db-full"
 fi
 run full "$DATA/gallery-full.csv"
 echo "reports: $OUT/real/{report,peers}.md and $OUT/full/{report,peers}.md"

@@ -1,7 +1,7 @@
 //! The benchmark end to end on the committed fixtures: `marklens bench run`
 //! (enrol, search, report), the Python peers on its export, and the dataset
-//! builder's own unit tests. The Python side runs in a virtualenv that the test
-//! builds from benches/requirements.txt (pip needs only the package registry).
+//! builder's own unit tests. The Python side is installed by benches/setup.sh
+//! from benches/requirements.txt (pip needs only the package registry).
 
 mod common;
 
@@ -129,38 +129,20 @@ fn bench_run_reports_every_figure_of_the_fixtures() {
     );
 }
 
-/// `python3` with benches/requirements.txt installed by pip into
-/// target/test-tools/bench-py (once; again when the requirements change).
+/// `python3` with the benchmark's Python side, installed by benches/setup.sh
+/// (pip, from PyPI) into target/bench-py.
 fn bench_python() -> Command {
     static LOCK: Mutex<()> = Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let site = root().join("target/test-tools/bench-py");
-    let stamp = site.join("requirements.txt");
-    let wanted = std::fs::read(root().join("benches/requirements.txt")).unwrap();
-    if std::fs::read(&stamp).ok().as_deref() != Some(wanted.as_slice()) {
-        let _ = std::fs::remove_dir_all(&site);
-        let status = Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--target",
-            ])
-            .arg(&site)
-            .arg("-r")
-            .arg(root().join("benches/requirements.txt"))
-            .status()
-            .expect("python3 with pip is needed for the benchmark's Python side");
-        assert!(
-            status.success(),
-            "pip could not install benches/requirements.txt"
-        );
-        std::fs::write(&stamp, wanted).unwrap();
-    }
+    let status = Command::new(root().join("benches/setup.sh"))
+        .status()
+        .expect("benches/setup.sh runs (python3 with pip is needed)");
+    assert!(
+        status.success(),
+        "benches/setup.sh could not install benches/requirements.txt"
+    );
     let mut command = Command::new("python3");
-    command.env("PYTHONPATH", &site);
+    command.env("PYTHONPATH", root().join("target/bench-py"));
     command
 }
 

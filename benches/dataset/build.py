@@ -27,8 +27,10 @@ and the builder and the query generator agree without shared state:
   60% train, 20% calibration, 20% test; and 12% of brands (any split) are
   kept out of the gallery as the open set ("no match" expected).
 
-Dedup: identical SVG bodies, then identical perceptual hash (pHash of the mark
-on white) with the same aspect ratio; the first in set order wins.
+Dedup: identical SVG bodies, then identical perceptual hash (pHash of the
+gallery picture, grey) with the same aspect ratio; the first in set order wins.
+Distractors that name a brand (tabler "brand-github", jam "github") are left
+out after dedup.
 
 Everything is seeded from strings: rerunning gives byte-identical files with
 the pinned packages of benches/requirements.txt.
@@ -90,6 +92,10 @@ VARIANT_SUFFIX = re.compile(
     r"-(icon|icons|dark|light|vertical|horizontal|wordmark|alt|mono|plain|original|line|colored|"
     r"color|solid|block|background|square|circle|logo|text|symbol|filled|outline|\d+)$")
 
+# Symbol sets hold brand logos too (tabler "brand-github", jam "github"): such a
+# distractor would be a second, unlabelled copy of a real brand.
+BRANDISH = re.compile(r"(^|-)(brand|brands|logo|logos)(-|$)")
+
 SPLITS = (("train", 60), ("calibration", 80), ("test", 100))
 OPEN_PERCENT = 12
 
@@ -104,6 +110,11 @@ def brand_key(name: str) -> str:
         if stripped == name or not stripped:
             return norm_slug(name)
         name = stripped
+
+
+def is_brandish(name: str, brands: set[str]) -> bool:
+    """A distractor that names a brand: kept out of the gallery."""
+    return bool(BRANDISH.search(name)) or brand_key(re.sub(r"^(brand|logo)-", "", name)) in brands
 
 
 def split_of(brand: str) -> str:
@@ -126,6 +137,24 @@ class Entry:
 
 def iconify_sets(pkg: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted((pkg / "json").glob("*.json"))}
+
+
+def refilter(out: Path, cache: Path) -> None:
+    """Applies the distractor rule to an existing gallery's manifests (what a
+    fresh build writes now), without rendering again."""
+    brands = {e.brand for e in real_marks(cache)}
+    path = out / "gallery-full.csv"
+    rows = read_rows(path)
+    kept = [r for r in rows if r["kind"] != "distractor" or not is_brandish(r["name"], brands)]
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=COLUMNS, lineterminator="\n")
+        w.writeheader()
+        w.writerows(kept)
+    sums = [f"{hashlib.sha256((out / f).read_bytes()).hexdigest()}  {f}\n"
+            for f in ("gallery-real.csv", "gallery-full.csv", "heldout.csv")]
+    (out / "MANIFEST.sha256").write_text("".join(sums))
+    print(f"dropped {len(rows) - len(kept)} brand-like distractors; {len(kept)} marks remain")
+    print("".join(sums), end="")
 
 
 def real_marks(cache: Path) -> list[Entry]:
@@ -205,6 +234,7 @@ def cmd_gallery(args: argparse.Namespace) -> None:
     seen_shape: set[str] = set()
     rows = {"real": [], "full": [], "heldout": []}
     dropped = 0
+    brands = {e.brand for e in entries if e.kind == "mark"}
     todo = []
     for e in entries:
         body = hashlib.sha256(e.mark.svg.encode()).hexdigest()
@@ -225,6 +255,10 @@ def cmd_gallery(args: argparse.Namespace) -> None:
                 dropped += 1
                 continue
             seen_shape.add(shape)
+            # After dedup, so that the rule does not change which copy survives.
+            if e.kind == "distractor" and is_brandish(e.mark.name, brands):
+                dropped += 1
+                continue
             held = e.kind == "mark" and is_open(e.brand)
             rel = f"{'heldout' if held else 'gallery'}/{e.sub}/{e.mark.mark_id}.png"
             path = out / rel
@@ -318,6 +352,8 @@ def cmd_queries(args: argparse.Namespace) -> None:
                 "seed": work[n - 1][3],
                 "params": json.dumps(params, separators=(",", ":"), sort_keys=True),
             })
+    if not qrows:
+        raise SystemExit(f"no queries: the {args.split} split has no marks to photograph")
     with open(out / "queries.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(qrows[0]), lineterminator="\n")
         w.writeheader()
@@ -345,7 +381,12 @@ def main() -> None:
     q.add_argument("--per-level", type=int, default=500, help="photos per level")
     q.add_argument("--per-variant", type=int, default=100, help="photos per variant kind")
     q.add_argument("--open", type=int, default=300, help="photos of held-out (open-set) brands")
+    f = sub.add_parser("refilter", help="apply the current distractor rule to a built gallery")
+    f.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
+    if args.cmd == "refilter":
+        refilter(args.out, args.cache)
+        return
     {"gallery": cmd_gallery, "queries": cmd_queries}[args.cmd](args)
 
 

@@ -2,11 +2,10 @@
 
 The protocol of shared/notes/data.md: a mark printed on a textured label, laid
 on a table, photographed with perspective, light, blur, colour shift, noise and
-JPEG, at three levels (easy / medium / hard).  Variants alter the mark itself
-before it is printed (recolour, contrast reversal, mirror, slight redraw,
-element removal), as an infringer would.  Everything is drawn from one seeded
-generator and every sampled parameter is returned, so a query is
+JPEG, at three levels (easy / medium / hard).  Everything is drawn from one
+seeded generator and every sampled parameter is returned, so a photo is
 byte-reproducible from its seed and described fully by its manifest line.
+(Infringing variants of the mark itself are in variants.py.)
 """
 
 from __future__ import annotations
@@ -304,8 +303,3 @@ def photograph(rgba: Image.Image, dark: bool, level: str, seed: int) -> tuple[Im
     # 10. JPEG quality (applied by the caller)
     P["jpeg_quality"] = int(r.integers(cfg["jpeg"][0], cfg["jpeg"][1] + 1))
     return img, P
-
-
-# --------------------------------------------------------------------------
-# Bad files
-# --------------------------------------------------------------------------

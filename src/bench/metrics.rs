@@ -102,6 +102,13 @@ pub struct OpenSetPoint {
     pub tpr: f64,
     /// The false-positive rate actually reached (at most the target).
     pub fpr: f64,
+    /// Whether the recorded queries are enough to tell this target apart: with
+    /// fewer than 1 / target of them, the only threshold that keeps within it is
+    /// "below every recorded score", whatever the target.
+    pub resolvable: bool,
+    /// Scores on each side, for reading the figure.
+    pub recorded: usize,
+    pub unrecorded: usize,
 }
 
 /// The highest threshold whose false-positive rate on `recorded` (top scores
@@ -127,6 +134,9 @@ pub fn open_set_point(
         threshold,
         tpr: below(unrecorded) / unrecorded.len() as f64,
         fpr: below(recorded) / recorded.len() as f64,
+        resolvable: allowed >= 1,
+        recorded: recorded.len(),
+        unrecorded: unrecorded.len(),
     })
 }
 
@@ -187,7 +197,7 @@ mod tests {
     }
 
     #[test]
-    fn nar_is_zero_when_perfect_and_half_when_reversed() {
+    fn nar_is_zero_when_perfect_and_near_one_when_last() {
         assert_eq!(nar(&[1], 10), 0.0);
         assert_eq!(nar(&[2, 1, 3], 10), 0.0);
         // one relevant mark at the last of 11 places: (11 - 1) / 11
@@ -208,9 +218,13 @@ mod tests {
         assert!((p.fpr - 0.01).abs() < 1e-12);
         // open-set scores below 0.505: 0.30 .. 0.50 -> 21 of 40
         assert!((p.tpr - 21.0 / 40.0).abs() < 1e-12);
-        let strict = open_set_point(&recorded, &unrecorded, 0.0).unwrap();
-        assert_eq!(strict.fpr, 0.0);
-        assert!(strict.tpr <= p.tpr);
+        assert!(p.resolvable);
+        assert_eq!((p.recorded, p.unrecorded), (100, 40));
+        // 0.1% of 100 recorded queries is below one query: not resolvable.
+        let fine = open_set_point(&recorded, &unrecorded, 0.001).unwrap();
+        assert!(!fine.resolvable);
+        assert_eq!(fine.fpr, 0.0);
+        assert!(fine.tpr <= p.tpr);
         assert!(open_set_point(&[], &unrecorded, 0.01).is_none());
     }
 }

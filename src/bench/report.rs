@@ -100,26 +100,36 @@ impl BenchReport {
         retrieval_table(&mut md, &e.groups, |g| &g.exact);
         let _ = writeln!(
             md,
-            "\nRelevant: every gallery mark of the query's brand. NAR: normalised average \
-             rank, 0 is perfect, 0.5 is chance.\n"
+            "\nRelevant: every gallery mark of the query's brand (by mark id when the \
+             manifests have no brand). NAR: normalised average rank, 0 is perfect, 0.5 is \
+             chance.\n"
         );
         let _ = writeln!(md, "## Retrieval as served (index, top 10)\n");
         retrieval_table(&mut md, &e.groups, |g| &g.served);
         let _ = writeln!(
             md,
-            "\nServed NAR counts relevant marks outside the top 10 as ranked last, so it is \
-             an upper bound.\n"
+            "\nServed MRR and NAR count relevant marks outside the top 10 as ranked last.\n"
         );
         let _ = writeln!(md, "## Open set: the \"no match\" decision\n");
         if e.open_set.is_empty() {
             let _ = writeln!(md, "No open-set queries in this run.\n");
         } else {
+            let _ = writeln!(
+                md,
+                "{} photos of recorded marks, {} of unrecorded brands.\n",
+                e.open_set[0].recorded, e.open_set[0].unrecorded
+            );
             let _ = writeln!(md, "| target FPR | threshold | TPR | FPR reached |");
             let _ = writeln!(md, "|---|---|---|---|");
             for p in &e.open_set {
+                let note = if p.resolvable {
+                    ""
+                } else {
+                    " (too few recorded photos to resolve this target)"
+                };
                 let _ = writeln!(
                     md,
-                    "| {:.1}% | {:.4} | {:.3} | {:.2}% |",
+                    "| {:.1}% | {:.4} | {:.3} | {:.2}%{note} |",
                     p.target_fpr * 100.0,
                     p.threshold,
                     p.tpr,
@@ -198,7 +208,8 @@ impl BenchReport {
             let _ = writeln!(
                 md,
                 "Resident memory grew by {:.1} MiB with the data directory open: {:.1} KiB per \
-                 mark (model, store, index and owner table){}.",
+                 mark, the model's fixed ~80 MiB included (store, index and owner table; \
+                 compare two gallery sizes for the marginal cost){}.",
                 m.rss_bytes as f64 / (1 << 20) as f64,
                 m.bytes_per_mark / 1024.0,
                 if m.after_enrolment {

@@ -140,9 +140,16 @@ pub struct GalleryVectors {
 }
 
 impl GalleryVectors {
-    pub fn from_engine(engine: &Engine) -> Result<GalleryVectors, BenchError> {
+    /// The engine's vectors; with `only`, just those of the marks it lists.
+    pub fn from_engine(
+        engine: &Engine,
+        only: Option<&HashSet<&str>>,
+    ) -> Result<GalleryVectors, BenchError> {
         let dim = engine.embedder().dim();
-        let rows = engine.vectors()?;
+        let mut rows = engine.vectors()?;
+        if let Some(only) = only {
+            rows.retain(|(id, _)| only.contains(&**id));
+        }
         let mut index: HashMap<Arc<str>, u32> = HashMap::new();
         let mut marks = Vec::new();
         let mut row_mark = Vec::with_capacity(rows.len());
@@ -207,10 +214,16 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), BenchError> {
     })
 }
 
-/// Rank (1-based) of mark `m` among `scores`: one more than the marks scoring higher.
+/// Rank (1-based) of mark `m` among `scores`: one more than the marks scoring
+/// higher, or scoring the same with a lower index (ties broken by gallery order,
+/// so tied relevant marks still take distinct ranks).
 fn rank_of(scores: &[f32], m: usize) -> usize {
     let s = scores[m];
-    1 + scores.iter().filter(|&&x| x > s).count()
+    1 + scores
+        .iter()
+        .enumerate()
+        .filter(|&(i, &x)| x > s || (x == s && i < m))
+        .count()
 }
 
 /// Indices of the `k` best scores, best first.
@@ -371,7 +384,15 @@ pub fn evaluate(
     // (timed per stage), then the query's vector.
     let mut served = Vec::with_capacity(queries.len());
     for q in queries {
-        let relevant = relevance.of(&q.row)?;
+        let relevant = match relevance.of(&q.row) {
+            Ok(relevant) => relevant,
+            Err(e) => {
+                failures.push((q.row.file.clone(), e.to_string()));
+                served.push(None);
+                progress();
+                continue;
+            }
+        };
         let searched = engine.search(&q.bytes, &options).and_then(|result| {
             let vector = engine
                 .embed(&[&q.bytes])
@@ -484,8 +505,9 @@ fn result_top(result: &crate::engine::SearchResult) -> Vec<f32> {
     result.matches.iter().map(|m| m.score).collect()
 }
 
-/// A served top-10 as an outcome: relevant marks outside it rank past the
-/// gallery's end (so served NAR is an upper bound; recall and MRR are exact).
+/// A served top-10 as an outcome: relevant marks outside it are given the last
+/// rank of the gallery, so served recall@1/5/10 are exact, while served MRR and
+/// NAR treat "not in the top 10" as "last".
 fn served_outcome(
     served: &[&str],
     relevant: &[u32],
@@ -619,4 +641,34 @@ fn export_queries(dir: &Path, ok: &[(&Query, &Scored)], dim: usize) -> Result<()
     }
     write(&dir.join("queries.tsv"), lines.as_bytes())?;
     write(&dir.join("queries.f32"), &f32_bytes(&vectors))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tied_marks_take_distinct_ranks_in_gallery_order() {
+        let scores = [0.5, 0.9, 0.7, 0.9, 0.1];
+        assert_eq!(rank_of(&scores, 1), 1);
+        assert_eq!(rank_of(&scores, 3), 2);
+        assert_eq!(rank_of(&scores, 2), 3);
+        assert_eq!(rank_of(&scores, 4), 5);
+        assert_eq!(top(&scores, 3), [1, 3, 2]);
+        assert_eq!(top(&scores, 10).len(), 5);
+        assert!(top(&[], 10).is_empty());
+    }
+
+    #[test]
+    fn several_views_of_a_mark_score_by_the_best() {
+        let gallery = GalleryVectors {
+            dim: 2,
+            marks: vec!["a".into(), "b".into()],
+            row_mark: vec![0, 1, 0],
+            matrix: vec![1.0, 0.0, 0.6, 0.8, 0.0, 1.0],
+        };
+        let rows = gallery.row_scores(&[0.0, 1.0]);
+        assert_eq!(rows, [0.0, 0.8, 1.0]);
+        assert_eq!(gallery.mark_scores(&rows), [1.0, 0.8]);
+    }
 }

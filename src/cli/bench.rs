@@ -1,5 +1,6 @@
 //! `marklens bench load` and `marklens bench synth`: the figures behind the README.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -81,9 +82,12 @@ pub struct RunArgs {
     pub out: PathBuf,
     /// `ef` values of the index sweep: hnsw_rs is built over the gallery's
     /// vectors with the engine's graph parameters and compared with exact search
-    /// at each. Empty (`--ef ''`) skips it.
+    /// at each.
     #[arg(long, value_delimiter = ',', default_value = "16,32,64,128,256")]
     pub ef: Vec<usize>,
+    /// Skip the index sweep (it builds a graph over the whole gallery).
+    #[arg(long)]
+    pub no_index_sweep: bool,
     /// Also write the gallery and query vectors here, for the Python peers
     /// (benches/peers.py): gallery.f32, gallery.ids, queries.f32, queries.tsv.
     #[arg(long, value_name = "DIR")]
@@ -318,10 +322,27 @@ fn run_retrieval(global: &Global, args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     });
 
-    let gallery = GalleryVectors::from_engine(&engine)?;
+    // With a manifest, the gallery is exactly its marks, whatever else the data
+    // directory holds.
+    let listed: Option<HashSet<&str>> = args
+        .gallery
+        .as_ref()
+        .map(|_| gallery_rows.iter().map(|r| r.mark_id.as_str()).collect());
+    let gallery = GalleryVectors::from_engine(&engine, listed.as_ref())?;
+    if info.marks > gallery.marks.len() && listed.is_some() {
+        tracing::warn!(
+            enrolled = info.marks,
+            listed = gallery.marks.len(),
+            "the data directory holds marks the gallery manifest does not list; they are left out"
+        );
+    }
     let relevance = Relevance::new(&gallery, &gallery_rows);
     let config = RetrievalConfig {
-        ef_values: args.ef.clone(),
+        ef_values: if args.no_index_sweep {
+            Vec::new()
+        } else {
+            args.ef.clone()
+        },
         hnsw: engine.config().hnsw,
         export: args.export.clone(),
     };
