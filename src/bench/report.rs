@@ -257,7 +257,21 @@ const LEFT: f64 = 56.0;
 const BOTTOM: f64 = 48.0;
 const TOP: f64 = 36.0;
 
-fn svg_frame(title: &str, body: &str, y_label: &str, x_label: &str) -> String {
+/// A y axis from `low` to 1: recall charts start at 0, the index chart close to
+/// its lowest point so that the differences between `ef` values show.
+#[derive(Clone, Copy)]
+struct Axis {
+    low: f64,
+}
+
+impl Axis {
+    fn y(self, v: f64) -> f64 {
+        let t = ((v - self.low) / (1.0 - self.low)).clamp(0.0, 1.0);
+        H - BOTTOM - t * (H - BOTTOM - TOP)
+    }
+}
+
+fn svg_frame(title: &str, body: &str, axis: Axis, y_label: &str, x_label: &str) -> String {
     let mut s = format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">
 <rect width="100%" height="100%" fill="white"/>
@@ -266,13 +280,13 @@ fn svg_frame(title: &str, body: &str, y_label: &str, x_label: &str) -> String {
         W / 2.0,
         escape(title)
     );
-    // y axis 0..1 with grid lines
+    // y axis low..1 with grid lines
     for i in 0..=5 {
-        let v = i as f64 / 5.0;
-        let y = y_of(v);
+        let v = axis.low + (1.0 - axis.low) * i as f64 / 5.0;
+        let y = axis.y(v);
         let _ = writeln!(
             s,
-            r##"<line x1="{LEFT}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{v:.1}</text>"##,
+            r##"<line x1="{LEFT}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{v:.2}</text>"##,
             W - 16.0,
             LEFT - 6.0,
             y + 4.0
@@ -297,10 +311,6 @@ fn svg_frame(title: &str, body: &str, y_label: &str, x_label: &str) -> String {
     s
 }
 
-fn y_of(v: f64) -> f64 {
-    H - BOTTOM - v.clamp(0.0, 1.0) * (H - BOTTOM - TOP)
-}
-
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -313,6 +323,7 @@ fn recall_chart(groups: &[GroupResult]) -> String {
     let n = groups.len().max(1) as f64;
     let slot = (W - 16.0 - LEFT) / n;
     let bar = slot * 0.8 / 3.0;
+    let axis = Axis { low: 0.0 };
     let mut body = String::new();
     for (i, g) in groups.iter().enumerate() {
         let x0 = LEFT + i as f64 * slot + slot * 0.1;
@@ -321,12 +332,12 @@ fn recall_chart(groups: &[GroupResult]) -> String {
             .iter()
             .enumerate()
         {
-            let y = y_of(*v);
+            let y = axis.y(*v);
             let _ = writeln!(
                 body,
                 r#"<rect x="{:.1}" y="{y:.1}" width="{bar:.1}" height="{:.1}" fill="{}"><title>{} recall@{}: {v:.3}</title></rect>"#,
                 x0 + j as f64 * bar,
-                y_of(0.0) - y,
+                axis.y(0.0) - y,
                 COLOURS[j],
                 escape(&g.group),
                 [1, 5, 10][j]
@@ -351,7 +362,13 @@ fn recall_chart(groups: &[GroupResult]) -> String {
             TOP - 3.0
         );
     }
-    svg_frame("Recall by query group (exact ranking)", &body, "recall", "")
+    svg_frame(
+        "Recall by query group (exact ranking)",
+        &body,
+        axis,
+        "recall",
+        "",
+    )
 }
 
 /// recall@10 against exact search versus search latency, one point per `ef`.
@@ -363,6 +380,13 @@ fn ef_chart(points: &[EfPoint]) -> String {
         .max(1e-3)
         * 1.1;
     let x_of = |ms: f64| LEFT + ms / max_ms * (W - 16.0 - LEFT);
+    let lowest = points
+        .iter()
+        .map(|p| p.recall_at_10_vs_exact)
+        .fold(1.0_f64, f64::min);
+    let axis = Axis {
+        low: ((lowest - 0.02) * 20.0).floor().clamp(0.0, 19.0) / 20.0,
+    };
     let mut body = String::new();
     let path: Vec<String> = points
         .iter()
@@ -370,7 +394,7 @@ fn ef_chart(points: &[EfPoint]) -> String {
             format!(
                 "{:.1},{:.1}",
                 x_of(p.search_ms.p50),
-                y_of(p.recall_at_10_vs_exact)
+                axis.y(p.recall_at_10_vs_exact)
             )
         })
         .collect();
@@ -380,7 +404,7 @@ fn ef_chart(points: &[EfPoint]) -> String {
         path.join(" ")
     );
     for p in points {
-        let (x, y) = (x_of(p.search_ms.p50), y_of(p.recall_at_10_vs_exact));
+        let (x, y) = (x_of(p.search_ms.p50), axis.y(p.recall_at_10_vs_exact));
         let _ = writeln!(
             body,
             r##"<circle cx="{x:.1}" cy="{y:.1}" r="4" fill="#1f77b4"/><text x="{:.1}" y="{:.1}">ef {}</text>"##,
@@ -401,6 +425,7 @@ fn ef_chart(points: &[EfPoint]) -> String {
     svg_frame(
         "Index recall@10 against exact search vs search latency",
         &body,
+        axis,
         "recall@10 vs exact",
         "search p50 (ms)",
     )
