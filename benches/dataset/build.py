@@ -139,6 +139,24 @@ def iconify_sets(pkg: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted((pkg / "json").glob("*.json"))}
 
 
+MANIFESTS = ("gallery-real.csv", "gallery-full.csv", "heldout.csv")
+
+
+def write_manifest(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=COLUMNS, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def write_checksums(out: Path) -> str:
+    """Writes MANIFEST.sha256 over the three manifests; returns its text."""
+    text = "".join(f"{hashlib.sha256((out / f).read_bytes()).hexdigest()}  {f}\n"
+                   for f in MANIFESTS)
+    (out / "MANIFEST.sha256").write_text(text)
+    return text
+
+
 def refilter(out: Path, cache: Path) -> None:
     """Applies the distractor rule to an existing gallery's manifests (what a
     fresh build writes now), without rendering again."""
@@ -146,15 +164,10 @@ def refilter(out: Path, cache: Path) -> None:
     path = out / "gallery-full.csv"
     rows = read_rows(path)
     kept = [r for r in rows if r["kind"] != "distractor" or not is_brandish(r["name"], brands)]
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=COLUMNS, lineterminator="\n")
-        w.writeheader()
-        w.writerows(kept)
-    sums = [f"{hashlib.sha256((out / f).read_bytes()).hexdigest()}  {f}\n"
-            for f in ("gallery-real.csv", "gallery-full.csv", "heldout.csv")]
-    (out / "MANIFEST.sha256").write_text("".join(sums))
+    write_manifest(path, kept)
+    sums = write_checksums(out)
     print(f"dropped {len(rows) - len(kept)} brand-like distractors; {len(kept)} marks remain")
-    print("".join(sums), end="")
+    print(sums, end="")
 
 
 def real_marks(cache: Path) -> list[Entry]:
@@ -279,15 +292,9 @@ def cmd_gallery(args: argparse.Namespace) -> None:
             rows["full"].append(row)
             if e.kind == "mark":
                 rows["real"].append(row)
-    sums = []
-    for name, file in (("real", "gallery-real.csv"), ("full", "gallery-full.csv"),
-                       ("heldout", "heldout.csv")):
-        with open(out / file, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=COLUMNS, lineterminator="\n")
-            w.writeheader()
-            w.writerows(rows[name])
-        sums.append(f"{hashlib.sha256((out / file).read_bytes()).hexdigest()}  {file}\n")
-    (out / "MANIFEST.sha256").write_text("".join(sums))
+    for name, file in zip(("real", "full", "heldout"), MANIFESTS):
+        write_manifest(out / file, rows[name])
+    sums = write_checksums(out)
     real = rows["real"]
     print(f"candidates: {n_real_candidates} real, {len(entries) - n_real_candidates} distractors; "
           f"dropped {dropped} (blank or duplicate)")
@@ -295,7 +302,7 @@ def cmd_gallery(args: argparse.Namespace) -> None:
           f"({len({r['brand'] for r in real})} brands) + "
           f"{len(rows['full']) - len(real)} distractors = {len(rows['full'])}; "
           f"held out (open set): {len(rows['heldout'])}")
-    print("".join(sums), end="")
+    print(sums, end="")
 
 
 def read_rows(path: Path) -> list[dict]:
