@@ -50,21 +50,26 @@ if ! fresh "$DATA" "distractors=$DISTRACTORS"; then
 fi
 (cd "$DATA" && sha256sum -c --quiet MANIFEST.sha256)
 
-# 2. Photo queries of the chosen split.
-QUERIES="$DATA/queries-$SPLIT"
+# 2. Photo queries of the chosen split, and of the calibration split (whose
+#    brands are neither trained on nor reported on) for the decision thresholds.
 QPARAMS="per-level=$PER_LEVEL per-variant=$PER_VARIANT open=$OPEN"
-if ! fresh "$QUERIES" "$QPARAMS"; then
-    py benches/dataset/build.py queries --data "$DATA" --split "$SPLIT" --out "$QUERIES" \
-        --per-level "$PER_LEVEL" --per-variant "$PER_VARIANT" --open "$OPEN"
-    echo "$QPARAMS" > "$QUERIES/params"
-fi
+for split in "$SPLIT" calibration; do
+    if ! fresh "$DATA/queries-$split" "$QPARAMS"; then
+        py benches/dataset/build.py queries --data "$DATA" --split "$split" \
+            --out "$DATA/queries-$split" \
+            --per-level "$PER_LEVEL" --per-variant "$PER_VARIANT" --open "$OPEN"
+        echo "$QPARAMS" > "$DATA/queries-$split/params"
+    fi
+done
+QUERIES="$DATA/queries-$SPLIT"
 
 # 3. marklens and the peers: real marks only, then with the distractors (that
 #    data directory starts as a copy of the first, so only distractors are new).
 run() {
     local name="$1" manifest="$2"
     marklens --data-dir "$DATA/db-$name" bench run --gallery "$manifest" \
-        --queries "$QUERIES/queries.csv" --out "$OUT/$name" --export "$OUT/$name/vectors"
+        --queries "$QUERIES/queries.csv" --calibration "$DATA/queries-calibration/queries.csv" \
+        --out "$OUT/$name" --export "$OUT/$name/vectors"
     py benches/peers.py --export "$OUT/$name/vectors" --report "$OUT/$name/report.json" \
         --gallery "$manifest" --queries "$QUERIES/queries.csv" --out "$OUT/$name"
     rm -rf "$OUT/$name/vectors"

@@ -11,7 +11,7 @@
 //! in-memory index always reflects the store in commit order. All methods are
 //! blocking and CPU-bound: async callers run them on a blocking pool.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -22,6 +22,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::decision::{self, Calibration, Decision, Labelled};
 use crate::embed::{Backend, BackendChoice, EmbedError, Embedder, ModelSpec};
 use crate::imaging::{self, ImageError, Limits};
 use crate::index::{ExactIndex, HnswIndex, HnswParams, VectorIndex};
@@ -35,6 +36,8 @@ pub const DB_FILE: &str = "marks.db";
 /// Folder of the index snapshot inside a data directory.
 pub const SNAPSHOT_DIR: &str = "index";
 const LOCK_FILE: &str = "lock";
+/// Key of the calibration in the store's `meta` table.
+const CALIBRATION_KEY: &str = "calibration";
 /// Images per model call: measured best throughput on 2 cores (docs/benchmarks.md).
 pub const EMBED_BATCH: usize = 8;
 /// Largest `top_k` a search may ask for.
@@ -129,6 +132,15 @@ pub enum EngineError {
     Embed(#[from] EmbedError),
 }
 
+/// A photo with its answer, for calibration.
+#[derive(Debug, Clone)]
+pub struct LabelledPhoto {
+    pub image: Vec<u8>,
+    /// Ids of the marks that are a right answer; empty when the photo shows no
+    /// recorded mark.
+    pub right: Vec<String>,
+}
+
 /// A mark to enrol.
 #[derive(Debug, Clone)]
 pub struct EnrollRequest {
@@ -204,6 +216,8 @@ pub struct StageTimings {
 #[derive(Debug, Clone, Serialize)]
 pub struct SearchResult {
     pub matches: Vec<Match>,
+    /// What the best match amounts to, under the engine's calibration.
+    pub decision: Decision,
     pub timings: StageTimings,
 }
 
@@ -225,8 +239,12 @@ pub struct EngineInfo {
     pub database_bytes: u64,
 }
 
+/// The unit vectors of an image's views (one or more, see [`imaging::Framing`]).
+pub type Views = Vec<Vec<f32>>;
+
 /// A decoded, preprocessed image ready for the model.
 struct Prepared {
+    /// One row per view of the image (see [`imaging::Framing`]).
     tensor: Array4<f32>,
     format: String,
     timings: StageTimings,
@@ -284,6 +302,8 @@ pub struct Engine {
     embedder: Embedder,
     store: Mutex<Store>,
     searchable: RwLock<Searchable>,
+    /// Thresholds for the search decision, if calibrated for this model.
+    calibration: RwLock<Option<Calibration>>,
     /// Serialises writers (see the module docs).
     writer: Mutex<()>,
     _lock: File,
@@ -337,6 +357,7 @@ impl Engine {
             });
         }
 
+        let calibration = load_calibration(&store, &fingerprint)?;
         let started = Instant::now();
         let searchable = load_searchable(&config, &store, &embedder)?;
         tracing::info!(
@@ -350,6 +371,7 @@ impl Engine {
             embedder,
             store: Mutex::new(store),
             searchable: RwLock::new(searchable),
+            calibration: RwLock::new(calibration),
             writer: Mutex::new(()),
             _lock: lock,
         })
@@ -424,8 +446,8 @@ impl Engine {
             let embedded = self.embed_images(&images);
             for (&p, outcome) in chunk.iter().zip(embedded) {
                 match outcome {
-                    Ok((vector, format)) => {
-                        prepared[p].1.views = vec![vector];
+                    Ok((views, format)) => {
+                        prepared[p].1.views = views;
                         prepared[p].1.image_format = format;
                     }
                     Err(e) => results[prepared[p].0] = Some(Err(e)),
@@ -528,7 +550,7 @@ impl Engine {
                 let t0 = Instant::now();
                 let image = imaging::decode(bytes, &limits)?;
                 let t1 = Instant::now();
-                let tensor = pre.tensor(&[&image.image]);
+                let tensor = pre.input(&image.image);
                 Ok(Prepared {
                     tensor,
                     format: format_name(image.format),
@@ -542,12 +564,13 @@ impl Engine {
             .collect()
     }
 
-    /// Embeds the successfully prepared images as one model batch; returns their
-    /// vectors in order and the model time in milliseconds.
+    /// Embeds the views of the successfully prepared images as one model batch;
+    /// returns each image's view vectors in order and the model time in
+    /// milliseconds.
     fn embed_prepared(
         &self,
         prepared: &[Result<Prepared, EngineError>],
-    ) -> Result<(Vec<Vec<f32>>, f64), EmbedError> {
+    ) -> Result<(Vec<Views>, f64), EmbedError> {
         let tensors: Vec<_> = prepared
             .iter()
             .filter_map(|p| p.as_ref().ok().map(|p| p.tensor.view()))
@@ -557,13 +580,17 @@ impl Engine {
         }
         let started = Instant::now();
         let batch = ndarray::concatenate(Axis(0), &tensors).expect("equal tensor shapes");
-        let vectors = self.embedder.embed(batch.view())?;
-        Ok((vectors, ms(started.elapsed())))
+        let mut vectors = self.embedder.embed(batch.view())?.into_iter();
+        let per_image = tensors
+            .iter()
+            .map(|t| vectors.by_ref().take(t.shape()[0]).collect())
+            .collect();
+        Ok((per_image, ms(started.elapsed())))
     }
 
     /// Decodes, preprocesses and embeds images as one model batch. Returns each
-    /// image's vector and format name, or why that image failed.
-    fn embed_images(&self, images: &[&[u8]]) -> Vec<Result<(Vec<f32>, String), EngineError>> {
+    /// image's view vectors and format name, or why that image failed.
+    fn embed_images(&self, images: &[&[u8]]) -> Vec<Result<(Views, String), EngineError>> {
         let prepared = self.prepare(images);
         let mut vectors = match self.embed_prepared(&prepared) {
             Ok((vectors, _)) => vectors.into_iter(),
@@ -571,7 +598,7 @@ impl Engine {
         };
         prepared
             .into_iter()
-            .map(|p| p.map(|p| (vectors.next().expect("one vector per image"), p.format)))
+            .map(|p| p.map(|p| (vectors.next().expect("views per image"), p.format)))
             .collect()
     }
 
@@ -732,13 +759,18 @@ impl Engine {
             .into_iter()
             .map(|p| {
                 let mut timings = p?.timings;
-                let vector = vectors.next().expect("one vector per image");
+                let views = vectors.next().expect("views per image");
                 let search_start = Instant::now();
-                let matches = self.rank(&vector, options)?;
+                let matches = self.rank(&views, options)?;
                 timings.embed_ms = embed_ms;
                 timings.search_ms = ms(search_start.elapsed());
                 timings.total_ms = ms(batch_start.elapsed());
-                Ok(SearchResult { matches, timings })
+                let decision = self.decide(matches.first().map(|m| m.score));
+                Ok(SearchResult {
+                    matches,
+                    decision,
+                    timings,
+                })
             })
             .collect()
     }
@@ -757,12 +789,13 @@ impl Engine {
                 self.embedder.dim()
             )));
         }
-        self.rank(vector, options)
+        self.rank(&[vector.to_vec()], options)
     }
 
-    /// Candidates from the index, grouped by mark (best view wins), filtered,
-    /// thresholded and joined with their records.
-    fn rank(&self, vector: &[f32], options: &SearchOptions) -> Result<Vec<Match>, EngineError> {
+    /// Candidates from the index for each view of the query, grouped by mark (the
+    /// best pair of query view and mark view wins), filtered, thresholded and
+    /// joined with their records.
+    fn rank(&self, views: &[Vec<f32>], options: &SearchOptions) -> Result<Vec<Match>, EngineError> {
         let holder = options.filter.holder.as_ref().map(|h| h.to_lowercase());
         let best: Vec<(Arc<str>, f32)> = {
             let searchable = self.read_searchable();
@@ -776,14 +809,22 @@ impl Engine {
             // Several views of a mark may rank together: fetch enough to fill top_k
             // with distinct marks.
             let fetch = options.top_k * 4;
-            let hits = searchable.index.search(vector, fetch, &accept);
-            let mut seen = HashSet::new();
-            hits.into_iter()
-                .filter(|h| h.score >= options.min_score)
-                .filter_map(|h| owners.get(&h.label).map(|o| (o.mark_id.clone(), h.score)))
-                .filter(|(id, _)| seen.insert(id.clone()))
-                .take(options.top_k)
-                .collect()
+            let mut best: HashMap<Arc<str>, f32> = HashMap::new();
+            for view in views {
+                for hit in searchable.index.search(view, fetch, &accept) {
+                    let Some(owner) = owners.get(&hit.label) else {
+                        continue;
+                    };
+                    if hit.score >= options.min_score {
+                        let score = best.entry(owner.mark_id.clone()).or_insert(hit.score);
+                        *score = score.max(hit.score);
+                    }
+                }
+            }
+            let mut best: Vec<(Arc<str>, f32)> = best.into_iter().collect();
+            best.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            best.truncate(options.top_k);
+            best
         };
         let store = self.lock_store();
         let mut matches = Vec::with_capacity(best.len());
@@ -800,13 +841,90 @@ impl Engine {
         Ok(matches)
     }
 
+    /// The decision for a search whose best match scored `top`.
+    pub fn decide(&self, top: Option<f32>) -> Decision {
+        decision::decide(self.read_calibration().as_ref(), top)
+    }
+
+    /// Fits the decision thresholds on labelled photos (searched as a client
+    /// would), stores them and decides every later search by them. `progress` is
+    /// told how many photos each step searched.
+    pub fn calibrate(
+        &self,
+        photos: &[LabelledPhoto],
+        max_miss: f64,
+        min_precision: f64,
+        progress: &dyn Fn(usize),
+    ) -> Result<Calibration, EngineError> {
+        let options = SearchOptions {
+            top_k: 1,
+            ..SearchOptions::default()
+        };
+        let mut labelled = Vec::with_capacity(photos.len());
+        for chunk in photos.chunks(EMBED_BATCH) {
+            let images: Vec<&[u8]> = chunk.iter().map(|p| p.image.as_slice()).collect();
+            for (photo, result) in chunk.iter().zip(self.search_many(&images, &options)) {
+                let top = result?.matches.into_iter().next();
+                labelled.push(Labelled {
+                    top_score: top.as_ref().map(|m| m.score),
+                    recorded: !photo.right.is_empty(),
+                    top_correct: top.is_some_and(|m| photo.right.contains(&m.record.id)),
+                });
+            }
+            progress(chunk.len());
+        }
+        let marks = self.lock_store().counts()?.marks;
+        let calibration = Calibration::fit(
+            &labelled,
+            max_miss,
+            min_precision,
+            self.embedder.fingerprint(),
+            marks,
+        )
+        .map_err(|e| EngineError::InvalidArgument(e.to_string()))?;
+        self.set_calibration(calibration.clone())?;
+        Ok(calibration)
+    }
+
+    /// The thresholds searches decide by, if any.
+    pub fn calibration(&self) -> Option<Calibration> {
+        self.read_calibration().clone()
+    }
+
+    /// Stores `calibration` and decides every later search by it. It must have been
+    /// made in this engine's vector space.
+    pub fn set_calibration(&self, calibration: Calibration) -> Result<(), EngineError> {
+        if calibration.fingerprint != self.embedder.fingerprint() {
+            return Err(EngineError::InvalidArgument(format!(
+                "calibration was made for model {}, this engine runs {}",
+                calibration.fingerprint,
+                self.embedder.fingerprint()
+            )));
+        }
+        let _writer = self.lock_writer();
+        let json = serde_json::to_string(&calibration).expect("a calibration serialises");
+        self.lock_store().set_meta(CALIBRATION_KEY, &json)?;
+        *self
+            .calibration
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(calibration);
+        Ok(())
+    }
+
+    fn read_calibration(&self) -> std::sync::RwLockReadGuard<'_, Option<Calibration>> {
+        self.calibration
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Decodes, preprocesses and embeds images (one model batch per
-    /// `EMBED_BATCH`); one unit vector, or why that image failed, per image.
-    pub fn embed(&self, images: &[&[u8]]) -> Vec<Result<Vec<f32>, EngineError>> {
+    /// `EMBED_BATCH`); the unit vectors of each image's views, or why that image
+    /// failed, per image.
+    pub fn embed(&self, images: &[&[u8]]) -> Vec<Result<Views, EngineError>> {
         images
             .chunks(EMBED_BATCH)
             .flat_map(|chunk| self.embed_images(chunk))
-            .map(|r| r.map(|(vector, _)| vector))
+            .map(|r| r.map(|(views, _)| views))
             .collect()
     }
 
@@ -860,10 +978,8 @@ impl Engine {
             };
             let refs: Vec<&[u8]> = images.iter().map(Vec::as_slice).collect();
             for (id, embedded) in chunk.iter().zip(self.embed_images(&refs)) {
-                let (vector, _) = embedded?;
-                let delta = self
-                    .lock_store()
-                    .replace_views(id, &[vector], &fingerprint)?;
+                let (views, _) = embedded?;
+                let delta = self.lock_store().replace_views(id, &views, &fingerprint)?;
                 self.apply(&delta, &[id.as_str()])?;
             }
             progress((done * EMBED_BATCH + chunk.len()).min(total), total);
@@ -938,6 +1054,26 @@ impl Engine {
 
     fn write_searchable(&self) -> std::sync::RwLockWriteGuard<'_, Searchable> {
         self.searchable.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The stored calibration if it was made for `fingerprint`. One made for another
+/// model is ignored (with a warning) until the engine is calibrated again.
+fn load_calibration(store: &Store, fingerprint: &str) -> Result<Option<Calibration>, EngineError> {
+    let Some(json) = store.meta(CALIBRATION_KEY)? else {
+        return Ok(None);
+    };
+    match serde_json::from_str::<Calibration>(&json) {
+        Ok(c) if c.fingerprint == fingerprint => Ok(Some(c)),
+        Ok(c) => {
+            tracing::warn!(calibrated = %c.fingerprint, current = %fingerprint,
+                "the stored calibration is for another model; decisions are uncalibrated");
+            Ok(None)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "unreadable stored calibration; decisions are uncalibrated");
+            Ok(None)
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 //! - [`embed`]: tensor -> unit embedding vector (ONNX Runtime or tract)
 //! - [`index`]: vector -> nearest labelled vectors (exact or HNSW)
 //! - [`store`]: the recorded marks in SQLite, the source of truth
+//! - [`decision`]: calibrated thresholds turning a best score into match / possible / no match
 //! - [`engine`]: the front door that ties them together: enrol, remove, search
 //! - [`report`]: screening reports (JSON, CSV, HTML) over search results
 //! - [`service`]: the gRPC API (server and client) over [`engine`]
@@ -15,6 +16,7 @@
 //! [`service`].
 
 pub mod bench;
+pub mod decision;
 pub mod embed;
 pub mod engine;
 pub mod imaging;

@@ -115,10 +115,13 @@ fn bench_run_reports_every_figure_of_the_fixtures() {
         let text = std::fs::read_to_string(tmp.path().join("report").join(file)).unwrap();
         assert!(text.len() > 200, "{file} is written");
     }
+    // One row per view: every mark has one, solid marks a second or third.
+    let vectors = e["gallery_vectors"].as_u64().unwrap();
+    assert!((300..=900).contains(&vectors), "{vectors} vectors");
     let exported = std::fs::metadata(tmp.path().join("export/gallery.f32")).unwrap();
-    assert_eq!(exported.len(), 300 * 1280 * 4);
+    assert_eq!(exported.len(), vectors * 256 * 4);
     let queries = std::fs::metadata(tmp.path().join("export/queries.f32")).unwrap();
-    assert_eq!(queries.len(), 91 * 1280 * 4);
+    assert_eq!(queries.len(), 91 * 256 * 4);
 
     // A second run reuses the enrolled gallery and gives the same retrieval.
     let again = bench_fixtures(tmp.path());
@@ -161,7 +164,7 @@ fn python_peers_run_on_the_export_and_agree_with_marklens() {
         .arg("--queries")
         .arg(fixtures().join("queries-bench.csv"))
         .arg("--model")
-        .arg(root().join("models/efficientnet_lite0.onnx"))
+        .arg(root().join("models/lite0_lw256.onnx"))
         .arg("--out")
         .arg(tmp.path().join("report"))
         .args(["--latency-queries", "20", "--enrol-images", "40"])
@@ -176,8 +179,11 @@ fn python_peers_run_on_the_export_and_agree_with_marklens() {
         &std::fs::read_to_string(tmp.path().join("report/peers.json")).unwrap(),
     )
     .unwrap();
-    // The reference computes the same embedding from the same photo.
-    assert!(f(&peers["reference"]["vector_cosine_min"]) > 0.995);
+    // The reference computes the same embedding from the same photo. Its numpy
+    // port of the mark finding resamples with Pillow, so a crop can differ by a
+    // pixel: close, not identical.
+    assert!(f(&peers["reference"]["vector_cosine_min"]) > 0.99);
+    assert!(f(&peers["reference"]["vector_cosine_mean"]) > 0.998);
     assert!(f(&peers["reference"]["latency_ratio_marklens_over_reference"]) > 0.0);
     // pHash finds exact copies and is scored on the same queries.
     assert_eq!(f(&peers["phash"]["clean"]["recall_at_1"]), 1.0);

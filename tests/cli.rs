@@ -148,7 +148,7 @@ fn enroll_search_screen_and_manage_marks() {
     assert!(!out.contains(&format!("\"id\": \"{}\"", ids[2])));
     let info: serde_json::Value = serde_json::from_str(&ok(&data, &["info", "--json"])).unwrap();
     assert_eq!(info["marks"], ids.len() - 1);
-    assert_eq!(info["dim"], 1280);
+    assert_eq!(info["dim"], 256);
 }
 
 #[test]
@@ -231,7 +231,7 @@ fn onnxruntime_and_tract_give_the_same_embedding() {
     let (fp_ort, ort) = embed("onnxruntime");
     let (fp_tract, tract) = embed("tract");
     assert_eq!(fp_ort, fp_tract, "same model, same vector space");
-    assert_eq!(ort.len(), 1280);
+    assert_eq!(ort.len(), 256);
     let max_diff = ort
         .iter()
         .zip(&tract)
@@ -326,4 +326,76 @@ fn serve_answers_the_cli_client_like_local_mode_and_stops_on_sigterm() {
     );
     assert!(server.wait().unwrap().success());
     ok(&data, &["info"]);
+}
+
+#[test]
+fn calibrate_stores_thresholds_that_search_and_screen_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let gallery = fixtures().join("gallery.csv");
+    ok(&data, &["enroll", gallery.to_str().unwrap()]);
+    let query = fixtures().join("gallery").join("si-adidas.png");
+    let out = ok(&data, &["search", query.to_str().unwrap()]);
+    assert!(
+        out.contains("marklens calibrate"),
+        "uncalibrated is said: {out}"
+    );
+
+    let queries = fixtures().join("queries-bench.csv");
+    let out = ok(
+        &data,
+        &[
+            "calibrate",
+            "--queries",
+            queries.to_str().unwrap(),
+            "--gallery",
+            gallery.to_str().unwrap(),
+            "--max-miss",
+            "0.05",
+            "--min-precision",
+            "0.9",
+            "--json",
+        ],
+    );
+    let c: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(c["recorded"], 85);
+    assert_eq!(c["unrecorded"], 6);
+    assert_eq!(c["gallery"], 300);
+
+    // The stored thresholds decide later searches, in every output.
+    let out = ok(&data, &["search", query.to_str().unwrap()]);
+    assert!(out.contains("decision: MATCH"), "{out}");
+    let out = ok(&data, &["search", query.to_str().unwrap(), "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["decision"], "match");
+    let photos = tmp.path().join("photos");
+    std::fs::create_dir_all(&photos).unwrap();
+    std::fs::copy(&query, photos.join("clean.png")).unwrap();
+    let report = tmp.path().join("report.csv");
+    ok(
+        &data,
+        &[
+            "screen",
+            photos.to_str().unwrap(),
+            "--out",
+            report.to_str().unwrap(),
+        ],
+    );
+    let csv = std::fs::read_to_string(&report).unwrap();
+    assert!(csv.starts_with("query,decision,rank"), "{csv}");
+    assert!(csv.lines().nth(1).unwrap().contains(",match,1,"), "{csv}");
+
+    // Bad targets are refused with a clear message.
+    let bad = marklens(
+        &data,
+        &[
+            "calibrate",
+            "--queries",
+            queries.to_str().unwrap(),
+            "--max-miss",
+            "2",
+        ],
+    );
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("max_miss"));
 }

@@ -316,3 +316,81 @@ fn a_data_directory_is_used_by_one_process_at_a_time() {
     let second = marklens::Engine::open(EngineConfig::new(dir.path()));
     assert!(matches!(second, Err(EngineError::Locked { .. })));
 }
+
+/// The fixture photos with their answers: (file, expected mark id or "" for a
+/// mark that is not recorded).
+fn labelled_fixture_photos() -> Vec<marklens::engine::LabelledPhoto> {
+    let manifest = std::fs::read_to_string(fixtures().join("queries-bench.csv")).unwrap();
+    manifest
+        .lines()
+        .skip(1)
+        .map(|line| {
+            let mut cols = line.split(',');
+            let file = cols.next().unwrap();
+            let expected = cols.next().unwrap();
+            marklens::engine::LabelledPhoto {
+                image: std::fs::read(fixtures().join(file)).unwrap(),
+                right: if expected.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![expected.to_owned()]
+                },
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn calibration_decides_searches_and_survives_restart() {
+    use marklens::decision::Decision;
+    let dir = tempfile::tempdir().unwrap();
+    let marks = gallery();
+    let clean = std::fs::read(&marks[0].1).unwrap();
+    let photos = labelled_fixture_photos();
+    let recorded = photos.iter().filter(|p| !p.right.is_empty()).count();
+    let calibration = {
+        let engine = open(dir.path());
+        enroll_all(&engine, &marks);
+        let before = engine.search(&clean, &SearchOptions::default()).unwrap();
+        assert_eq!(before.decision, Decision::Uncalibrated);
+
+        let c = engine.calibrate(&photos, 0.05, 0.9, &|_| {}).unwrap();
+        assert_eq!(c.fingerprint, engine.info().unwrap().fingerprint);
+        assert_eq!(
+            (c.recorded, c.unrecorded),
+            (recorded, photos.len() - recorded)
+        );
+        assert_eq!(c.gallery, marks.len());
+        assert!(
+            c.no_match_below <= c.match_from && c.match_from <= 1.0,
+            "{c:?}"
+        );
+        // A clean copy of a recorded mark is a match.
+        let result = engine.search(&clean, &SearchOptions::default()).unwrap();
+        assert_eq!(result.decision, Decision::Match);
+        // At most 5% of the recorded photos it was fitted on are called "no match".
+        let missed = photos
+            .iter()
+            .filter(|p| !p.right.is_empty())
+            .filter(|p| {
+                let r = engine.search(&p.image, &SearchOptions::default()).unwrap();
+                r.decision == Decision::NoMatch
+            })
+            .count();
+        assert!(missed * 20 <= recorded, "{missed} of {recorded} missed");
+        // Thresholds made for another model are refused.
+        let foreign = marklens::decision::Calibration {
+            fingerprint: "another-model".into(),
+            ..c.clone()
+        };
+        assert!(matches!(
+            engine.set_calibration(foreign),
+            Err(EngineError::InvalidArgument(_))
+        ));
+        c
+    };
+    let engine = open(dir.path());
+    assert_eq!(engine.calibration(), Some(calibration));
+    let result = engine.search(&clean, &SearchOptions::default()).unwrap();
+    assert_eq!(result.decision, Decision::Match);
+}

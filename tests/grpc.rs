@@ -200,6 +200,8 @@ async fn every_rpc_over_loopback() {
     assert_eq!(found.matches[0].mark.as_ref().unwrap().id, marks[5].0);
     assert_eq!(found.matches.len(), 3);
     assert!(found.timings.unwrap().embed_ms > 0.0);
+    // No calibration in this data directory: the reply says so.
+    assert_eq!(found.decision(), pb::Decision::Uncalibrated);
     let bad = matcher
         .search(pb::SearchRequest {
             image: vec![0xFF, 0xD8, 0xFF, 0x00],
@@ -283,7 +285,7 @@ async fn every_rpc_over_loopback() {
         .unwrap()
         .into_inner();
     assert_eq!(figures.marks as usize, marks.len() - 1);
-    assert_eq!(figures.dimensions, 1280);
+    assert_eq!(figures.dimensions, 256);
     let search_stats = figures
         .methods
         .iter()
@@ -510,6 +512,7 @@ async fn grpcurl_sees_health_reflection_enroll_and_search() {
     let reply: serde_json::Value = serde_json::from_str(&found).unwrap();
     assert_eq!(reply["matches"][0]["mark"]["id"], id.as_str());
     assert_eq!(reply["matches"][0]["mark"]["fields"]["name"], "via grpcurl");
+    assert_eq!(reply["decision"], "DECISION_UNCALIBRATED");
     server.stop().await;
 }
 

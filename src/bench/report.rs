@@ -6,6 +6,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::retrieval::{EfPoint, Evaluation, GroupResult};
+use crate::decision::Calibration;
 
 /// What was measured and where: enough to reproduce the run.
 #[derive(Debug, Clone, Serialize)]
@@ -49,10 +50,71 @@ pub struct BenchReport {
     pub context: Context,
     pub enrolment: Option<Enrolment>,
     pub memory: Option<Memory>,
+    /// The thresholds the served decisions were made with, if any.
+    pub calibration: Option<Calibration>,
+    /// The query manifest they were fitted on in this run (else: stored earlier).
+    pub calibration_manifest: Option<String>,
     pub evaluation: Evaluation,
 }
 
 impl BenchReport {
+    /// The calibrated decisions: how each group's served searches were called.
+    fn decisions_markdown(&self, md: &mut String) {
+        let _ = writeln!(md, "## Decisions (match / possible / no match)\n");
+        let Some(c) = &self.calibration else {
+            let _ = writeln!(
+                md,
+                "The data directory has no calibration: searches were not decided \
+                 (run with --calibration).\n"
+            );
+            return;
+        };
+        let source = self
+            .calibration_manifest
+            .as_deref()
+            .map_or("stored in the data directory".to_owned(), |m| {
+                format!("fitted on `{m}`")
+            });
+        let _ = writeln!(
+            md,
+            "Thresholds {source}: {} photos of recorded marks and {} of unrecorded ones, \
+             gallery of {} marks. No match below {:.4} (at most {:.1}% of recorded photos); \
+             match from {:.4} (at least {:.1}% of calibration matches right).\n",
+            c.recorded,
+            c.unrecorded,
+            c.gallery,
+            c.no_match_below,
+            c.max_miss * 100.0,
+            c.match_from,
+            c.min_precision * 100.0
+        );
+        let _ = writeln!(
+            md,
+            "| group | queries | match, right | match, wrong | possible | no match |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|");
+        let share = |n: usize, of: usize| n as f64 / of.max(1) as f64;
+        for t in &self.evaluation.decisions {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.3} | {:.3} | {:.3} | {:.3} |",
+                t.group,
+                t.queries,
+                share(t.right_match, t.queries),
+                share(t.wrong_match, t.queries),
+                share(t.possible, t.queries),
+                share(t.no_match, t.queries)
+            );
+        }
+        let _ = writeln!(
+            md,
+            "\nShares of each group's photos. For `open` (unrecorded marks) \"no match\" \
+             is right and any match is wrong: its no-match share is the TPR of the \
+             no-match decision at the calibrated threshold, and `all`'s no-match share \
+             its FPR.\n"
+        );
+    }
+
     /// Writes `report.md`, `report.json`, `recall-by-group.svg` and (with an
     /// index sweep) `recall-vs-latency.svg` into `dir`.
     pub fn write(&self, dir: &Path) -> std::io::Result<()> {
@@ -110,6 +172,7 @@ impl BenchReport {
             md,
             "\nServed MRR and NAR count relevant marks outside the top 10 as ranked last.\n"
         );
+        self.decisions_markdown(&mut md);
         let _ = writeln!(md, "## Open set: the \"no match\" decision\n");
         if e.open_set.is_empty() {
             let _ = writeln!(md, "No open-set queries in this run.\n");

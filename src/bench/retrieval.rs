@@ -24,7 +24,8 @@ use serde::{Deserialize, Serialize};
 use super::metrics::{
     OpenSetPoint, Percentiles, QueryOutcome, RetrievalSummary, open_set_point, summarise,
 };
-use crate::engine::{Engine, EngineError, SearchOptions};
+use crate::decision::Decision;
+use crate::engine::{Engine, EngineError, LabelledPhoto, SearchOptions, Views};
 use crate::index::{HnswIndex, HnswParams, VectorIndex, dot};
 
 /// Why the benchmark could not run.
@@ -170,11 +171,16 @@ impl GalleryVectors {
         })
     }
 
-    /// The query's score against every row.
-    pub fn row_scores(&self, query: &[f32]) -> Vec<f32> {
+    /// The query's score against every row: the best over the query's views.
+    pub fn row_scores(&self, views: &[Vec<f32>]) -> Vec<f32> {
         self.matrix
             .chunks_exact(self.dim)
-            .map(|row| dot(row, query))
+            .map(|row| {
+                views
+                    .iter()
+                    .map(|v| dot(row, v))
+                    .fold(f32::NEG_INFINITY, f32::max)
+            })
             .collect()
     }
 
@@ -287,6 +293,30 @@ impl Relevance {
     }
 }
 
+/// `queries` as calibration photos: a photo counts as right for every mark of
+/// its brand (its own mark when there is no brand). Queries whose mark is not in
+/// the gallery are an error, as in [`evaluate`].
+pub fn labelled_photos(
+    queries: &[Query],
+    gallery: &GalleryVectors,
+    relevance: &Relevance,
+) -> Result<Vec<LabelledPhoto>, BenchError> {
+    queries
+        .iter()
+        .map(|q| {
+            let right = relevance
+                .of(&q.row)?
+                .into_iter()
+                .map(|m| gallery.marks[m as usize].to_string())
+                .collect();
+            Ok(LabelledPhoto {
+                image: q.bytes.clone(),
+                right,
+            })
+        })
+        .collect()
+}
+
 /// Latency percentiles of each search stage, in milliseconds.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct StageLatency {
@@ -343,6 +373,36 @@ pub struct Evaluation {
     pub index_sweep: Option<IndexSweep>,
     /// Queries that could not be searched (file, error).
     pub failures: Vec<(String, String)>,
+    /// The served decisions, per group ("open" for unrecorded marks, "all" for
+    /// every recorded one), under the engine's calibration.
+    pub decisions: Vec<DecisionTally>,
+}
+
+/// How a group's served searches were decided.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DecisionTally {
+    pub group: String,
+    pub queries: usize,
+    /// "match" with a relevant mark first.
+    pub right_match: usize,
+    /// "match" with no relevant mark first (for unrecorded marks: any match).
+    pub wrong_match: usize,
+    pub possible: usize,
+    pub no_match: usize,
+    pub uncalibrated: usize,
+}
+
+impl DecisionTally {
+    fn add(&mut self, decision: Decision, top_correct: bool) {
+        self.queries += 1;
+        match decision {
+            Decision::Match if top_correct => self.right_match += 1,
+            Decision::Match => self.wrong_match += 1,
+            Decision::Possible => self.possible += 1,
+            Decision::NoMatch => self.no_match += 1,
+            Decision::Uncalibrated => self.uncalibrated += 1,
+        }
+    }
 }
 
 /// Settings of a run.
@@ -358,11 +418,15 @@ pub struct RetrievalConfig {
 
 /// What the per-query passes record.
 struct Scored {
+    /// The served decision, and whether the served top match was relevant.
+    decision: Decision,
+    top_correct: bool,
     outcome: QueryOutcome,
-    /// The 10 best gallery rows (vectors), for the index's recall.
+    /// The 10 best gallery rows for the query's first view, for the index's
+    /// recall.
     exact_rows: Vec<u32>,
     served: QueryOutcome,
-    vector: Vec<f32>,
+    views: Views,
 }
 
 /// Runs every query; `progress` is told after each one.
@@ -394,14 +458,14 @@ pub fn evaluate(
             }
         };
         let searched = engine.search(&q.bytes, &options).and_then(|result| {
-            let vector = engine
+            let views = engine
                 .embed(&[&q.bytes])
                 .pop()
                 .expect("one result per image")?;
-            Ok((result, vector))
+            Ok((result, views))
         });
         match searched {
-            Ok((result, vector)) => {
+            Ok((result, views)) => {
                 let t = &result.timings;
                 let sample = [
                     t.decode_ms,
@@ -419,7 +483,8 @@ pub fn evaluate(
                     .map(|m| m.record.id.as_str())
                     .collect();
                 let outcome = served_outcome(&ids, &relevant, gallery, &result_top(&result));
-                served.push(Some((relevant, outcome, vector)));
+                let decided = (result.decision, outcome.relevant_ranks.contains(&1));
+                served.push(Some((relevant, outcome, views, decided)));
             }
             Err(e) => {
                 failures.push((q.row.file.clone(), e.to_string()));
@@ -432,8 +497,8 @@ pub fn evaluate(
     let scored: Vec<Option<Scored>> = served
         .into_par_iter()
         .map(|s| {
-            s.map(|(relevant, served, vector)| {
-                let rows = gallery.row_scores(&vector);
+            s.map(|(relevant, served, views, (decision, top_correct))| {
+                let rows = gallery.row_scores(&views);
                 let scores = gallery.mark_scores(&rows);
                 let outcome = QueryOutcome {
                     relevant_ranks: relevant
@@ -442,11 +507,18 @@ pub fn evaluate(
                         .collect(),
                     top_score: scores.iter().copied().fold(f32::NEG_INFINITY, f32::max),
                 };
+                let first = if views.len() == 1 {
+                    rows
+                } else {
+                    gallery.row_scores(&views[..1])
+                };
                 Scored {
-                    exact_rows: top(&rows, 10),
+                    decision,
+                    top_correct,
+                    exact_rows: top(&first, 10),
                     outcome,
                     served,
-                    vector,
+                    views,
                 }
             })
         })
@@ -481,6 +553,7 @@ pub fn evaluate(
     }
     let [decode, preprocess, embed, search, total] = stages.map(|s| Percentiles::of(&s));
     Ok(Evaluation {
+        decisions: decision_tallies(&ok),
         gallery_marks: gallery.marks.len(),
         gallery_vectors: gallery.row_mark.len(),
         index,
@@ -498,6 +571,37 @@ pub fn evaluate(
         index_sweep,
         failures,
     })
+}
+
+/// Decisions per group, then "open" and "all" (recorded marks).
+fn decision_tallies(ok: &[(&Query, &Scored)]) -> Vec<DecisionTally> {
+    let mut tallies: Vec<DecisionTally> = Vec::new();
+    for (q, s) in ok {
+        let group = q.row.group();
+        let mut targets = vec![group.clone()];
+        if group != "open" {
+            targets.push("all".into());
+        }
+        for target in targets {
+            let at = match tallies.iter().position(|t| t.group == target) {
+                Some(at) => at,
+                None => {
+                    tallies.push(DecisionTally {
+                        group: target,
+                        ..DecisionTally::default()
+                    });
+                    tallies.len() - 1
+                }
+            };
+            tallies[at].add(s.decision, s.top_correct);
+        }
+    }
+    tallies.sort_by_key(|t| match t.group.as_str() {
+        "all" => (usize::MAX, String::new()),
+        "open" => (usize::MAX - 1, String::new()),
+        g => group_order(g),
+    });
+    tallies
 }
 
 /// The served scores, best first.
@@ -599,7 +703,7 @@ fn index_sweep(
             let mut overlap = 0.0;
             for (_, s) in ok {
                 let started = Instant::now();
-                let hits = index.search(&s.vector, 10, &|_| true);
+                let hits = index.search(&s.views[0], 10, &|_| true);
                 times.push(started.elapsed().as_secs_f64() * 1e3);
                 let found: HashSet<u64> = hits.iter().map(|h| h.label).collect();
                 let truth = &s.exact_rows;
@@ -630,7 +734,7 @@ fn export_queries(dir: &Path, ok: &[(&Query, &Scored)], dim: usize) -> Result<()
     let mut vectors = Vec::with_capacity(ok.len() * dim);
     let mut lines = String::from("file\texpected_mark_id\tbrand\tgroup\n");
     for (q, s) in ok {
-        vectors.extend_from_slice(&s.vector);
+        vectors.extend_from_slice(&s.views[0]);
         lines += &format!(
             "{}\t{}\t{}\t{}\n",
             q.row.file,
@@ -667,8 +771,11 @@ mod tests {
             row_mark: vec![0, 1, 0],
             matrix: vec![1.0, 0.0, 0.6, 0.8, 0.0, 1.0],
         };
-        let rows = gallery.row_scores(&[0.0, 1.0]);
+        let rows = gallery.row_scores(&[vec![0.0, 1.0]]);
         assert_eq!(rows, [0.0, 0.8, 1.0]);
         assert_eq!(gallery.mark_scores(&rows), [1.0, 0.8]);
+        // A query with two views scores each row by its better view.
+        let rows = gallery.row_scores(&[vec![0.0, 1.0], vec![1.0, 0.0]]);
+        assert_eq!(rows, [1.0, 0.8, 1.0]);
     }
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 use marklens::bench::load;
+use marklens::decision::{DEFAULT_MAX_MISS, DEFAULT_MIN_PRECISION};
 use marklens::index::synthetic::clustered;
 use marklens::service::{self, ServeConfig};
 use marklens::{EngineConfig, EnrollRequest, IndexChoice, MarkFields, SearchOptions};
@@ -92,6 +93,13 @@ pub struct RunArgs {
     /// (benches/peers.py): gallery.f32, gallery.ids, queries.f32, queries.tsv.
     #[arg(long, value_name = "DIR")]
     pub export: Option<PathBuf>,
+    /// Calibrate the decision on this query manifest first (photos of another
+    /// split than --queries: benches/dataset/build.py queries --split
+    /// calibration), store the thresholds in the data directory, and report the
+    /// decisions on --queries under them. Without it, the data directory's
+    /// stored calibration is used, if any.
+    #[arg(long, value_name = "CSV")]
+    pub calibration: Option<PathBuf>,
 }
 
 pub fn run(global: &Global, command: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -260,8 +268,8 @@ fn cpu_name() -> String {
 fn run_retrieval(global: &Global, args: RunArgs) -> anyhow::Result<ExitCode> {
     use marklens::bench::report::{BenchReport, Context, Enrolment, Memory};
     use marklens::bench::retrieval::{
-        GalleryRow, GalleryVectors, Relevance, RetrievalConfig, evaluate, load_queries,
-        read_manifest,
+        GalleryRow, GalleryVectors, Relevance, RetrievalConfig, evaluate, labelled_photos,
+        load_queries, read_manifest,
     };
 
     let gallery_rows: Vec<GalleryRow> = match &args.gallery {
@@ -350,6 +358,16 @@ fn run_retrieval(global: &Global, args: RunArgs) -> anyhow::Result<ExitCode> {
         std::fs::create_dir_all(dir)?;
         gallery.export(dir)?;
     }
+    if let Some(path) = &args.calibration {
+        let photos = load_queries(path, global.max_image_bytes as u64)?;
+        let photos = labelled_photos(&photos, &gallery, &relevance)?;
+        let bar = progress(photos.len(), "calibrating");
+        engine.calibrate(&photos, DEFAULT_MAX_MISS, DEFAULT_MIN_PRECISION, &|n| {
+            bar.inc(n as u64)
+        })?;
+        bar.finish_and_clear();
+    }
+    let calibration = engine.calibration();
     let bar = progress(queries.len(), "searching");
     let evaluation = evaluate(&engine, &gallery, &relevance, &queries, &config, &|| {
         bar.inc(1)
@@ -374,6 +392,8 @@ fn run_retrieval(global: &Global, args: RunArgs) -> anyhow::Result<ExitCode> {
         },
         enrolment,
         memory,
+        calibration,
+        calibration_manifest: args.calibration.as_ref().map(|p| p.display().to_string()),
         evaluation,
     };
     report.write(&args.out)?;

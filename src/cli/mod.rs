@@ -2,6 +2,7 @@
 //! [`marklens::Engine`].
 
 mod bench;
+mod calibrate;
 mod demo;
 mod enroll;
 mod marks;
@@ -110,6 +111,9 @@ pub enum Command {
     },
     /// Re-embed marks recorded with another model (after a model change).
     Reembed,
+    /// Fit the match / possible / no match thresholds on labelled photos and
+    /// store them: every later search returns its decision by them.
+    Calibrate(calibrate::CalibrateArgs),
     /// Print the embedding of an image (for checks and debugging).
     Embed {
         /// The image.
@@ -149,6 +153,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Marks(c) => marks::run(global, c),
         Command::Info { json } => marks::run_info(global, json),
         Command::Reembed => marks::run_reembed(global),
+        Command::Calibrate(a) => calibrate::run(global, a),
         Command::Embed { image } => search::run_embed(global, &image),
         Command::Bench(c) => bench::run(global, c),
         Command::Serve(a) => serve::run(global, a),

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
+use marklens::decision::Decision;
 use marklens::engine::EMBED_BATCH;
 use marklens::report::{self, QueryReport};
 use marklens::service::client::Client;
@@ -96,6 +97,16 @@ pub fn run_search(global: &Global, args: SearchArgs) -> anyhow::Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
+/// The decision as an officer reads it.
+fn decision_words(decision: Decision) -> &'static str {
+    match decision {
+        Decision::Match => "MATCH: the first mark is the one in the photo",
+        Decision::Possible => "POSSIBLE MATCH: compare the photo with the first marks",
+        Decision::NoMatch => "NO MATCH: no recorded mark is in the photo",
+        Decision::Uncalibrated => "none (no calibration: run `marklens calibrate`)",
+    }
+}
+
 fn print_table(image: &Path, result: &SearchResult) {
     let t = &result.timings;
     println!(
@@ -108,6 +119,7 @@ fn print_table(image: &Path, result: &SearchResult) {
         t.embed_ms,
         t.search_ms
     );
+    println!("decision: {}", decision_words(result.decision));
     if result.matches.is_empty() {
         return;
     }
@@ -221,12 +233,14 @@ pub fn screen(
                 Ok(result) => QueryReport {
                     query: path.clone(),
                     matches: result.matches,
+                    decision: Some(result.decision),
                     timings: Some(result.timings),
                     error: None,
                 },
                 Err(error) => QueryReport {
                     query: path.clone(),
                     matches: Vec::new(),
+                    decision: None,
                     timings: None,
                     error: Some(error),
                 },

@@ -14,17 +14,17 @@ pub mod runtime;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use ndarray::ArrayView4;
+use ndarray::{Array4, ArrayView4};
 use ort::session::{Session, builder::GraphOptimizationLevel};
 use ort::value::TensorRef;
 use sha2::{Digest, Sha256};
 
-use crate::imaging::Preprocess;
+use crate::imaging::{Framing, Preprocess};
 pub use runtime::{Backend, BackendChoice};
 
 /// The default model, compiled into the binary so that marklens runs from a single
 /// file: EfficientNet-Lite0 (ImageNet-1k), see models/README.md.
-static BUILTIN_MODEL: &[u8] = include_bytes!("../../models/efficientnet_lite0.onnx");
+static BUILTIN_MODEL: &[u8] = include_bytes!("../../models/lite0_lw256.onnx");
 
 /// Why embedding failed.
 #[derive(Debug, thiserror::Error)]
@@ -53,22 +53,26 @@ pub struct ModelSpec {
     pub input: String,
     /// Name of the output tensor, shaped `[N, dim]`.
     pub output: String,
-    /// Length of an embedding.
+    /// Length of an embedding; 0 in a spec not yet loaded means "as the model
+    /// says" ([`Embedder::new`] fills it in).
     pub dim: usize,
     /// How images become input tensors.
     pub preprocess: Preprocess,
 }
 
 impl ModelSpec {
-    /// EfficientNet-Lite0, the default: 224 px input, `(p - 127) / 128`, 1280-d output.
+    /// The default: EfficientNet-Lite0 with a learned-whitening head
+    /// (models/README.md), shown the mark found in the image; 224 px input,
+    /// `(p - 127) / 128`, 256-d output.
     pub fn builtin() -> Self {
         ModelSpec {
-            name: "efficientnet-lite0".to_owned(),
+            name: "lite0-lw256".to_owned(),
             bytes: std::borrow::Cow::Borrowed(BUILTIN_MODEL),
             input: "input".to_owned(),
             output: "features".to_owned(),
-            dim: 1280,
+            dim: 256,
             preprocess: Preprocess {
+                framing: Framing::Mark,
                 size: 224,
                 mean: [127.0; 3],
                 std: [128.0; 3],
@@ -76,8 +80,9 @@ impl ModelSpec {
         }
     }
 
-    /// A model file with the built-in model's contract (same input, output and
-    /// preprocessing), e.g. a re-exported or fine-tuned Lite0.
+    /// A model file with the built-in model's input, output names and
+    /// preprocessing, e.g. the bare backbone or a retrained head; its vector size is
+    /// read from the model when it is loaded.
     pub fn from_file(path: &Path) -> Result<Self, EmbedError> {
         let bytes = std::fs::read(path).map_err(|source| EmbedError::Io {
             path: path.to_path_buf(),
@@ -89,6 +94,7 @@ impl ModelSpec {
         Ok(ModelSpec {
             name,
             bytes: std::borrow::Cow::Owned(bytes),
+            dim: 0,
             ..ModelSpec::builtin()
         })
     }
@@ -100,8 +106,14 @@ impl ModelSpec {
         hasher.update(&self.bytes);
         let p = &self.preprocess;
         hasher.update(format!(
-            "|in={}|out={}|dim={}|size={}|mean={:?}|std={:?}",
-            self.input, self.output, self.dim, p.size, p.mean, p.std
+            "|in={}|out={}|dim={}|framing={}|size={}|mean={:?}|std={:?}",
+            self.input,
+            self.output,
+            self.dim,
+            p.framing.tag(),
+            p.size,
+            p.mean,
+            p.std
         ));
         let digest = hasher.finalize();
         let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
@@ -167,14 +179,29 @@ impl Embedder {
                 .map_err(|e| model_err(e.into()))?;
         }
         let session = builder.commit_from_memory(&spec.bytes).map_err(model_err)?;
-        let fingerprint = spec.fingerprint();
-        tracing::debug!(model = %spec.name, %fingerprint, %backend, "model loaded");
-        Ok(Embedder {
+        let mut embedder = Embedder {
+            fingerprint: String::new(),
             spec,
-            fingerprint,
             backend,
             session: Mutex::new(session),
-        })
+        };
+        // A model file states its output size only in its graph: learn it from one
+        // blank image (this also proves the model runs before any real work).
+        let size = embedder.spec.preprocess.size as usize;
+        let dim = embedder
+            .run(Array4::<f32>::zeros((1, 3, size, size)).view())?
+            .1;
+        if embedder.spec.dim != 0 && embedder.spec.dim != dim {
+            return Err(EmbedError::Model {
+                name: embedder.spec.name.clone(),
+                reason: format!("makes {dim}-d vectors, expected {}", embedder.spec.dim),
+            });
+        }
+        embedder.spec.dim = dim;
+        embedder.fingerprint = embedder.spec.fingerprint();
+        tracing::debug!(model = %embedder.spec.name, fingerprint = %embedder.fingerprint,
+            backend = %embedder.backend, dim, "model loaded");
+        Ok(embedder)
     }
 
     pub fn spec(&self) -> &ModelSpec {
@@ -195,10 +222,23 @@ impl Embedder {
 
     /// Embeds a batch shaped `[N, 3, size, size]` and returns N unit vectors.
     pub fn embed(&self, batch: ArrayView4<'_, f32>) -> Result<Vec<Vec<f32>>, EmbedError> {
-        let n = batch.shape()[0];
-        if n == 0 {
+        if batch.shape()[0] == 0 {
             return Ok(Vec::new());
         }
+        let (data, dim) = self.run(batch)?;
+        if dim != self.spec.dim {
+            return Err(EmbedError::Inference(format!(
+                "model returned {dim}-d vectors, expected {}",
+                self.spec.dim
+            )));
+        }
+        Ok(data.chunks_exact(dim).map(normalised).collect())
+    }
+
+    /// Runs the model on a non-empty batch: the raw output, row-major, and its
+    /// row length.
+    fn run(&self, batch: ArrayView4<'_, f32>) -> Result<(Vec<f32>, usize), EmbedError> {
+        let n = batch.shape()[0];
         let batch = batch.as_standard_layout();
         let input = TensorRef::from_array_view(batch.view())
             .map_err(|e| EmbedError::Inference(e.to_string()))?;
@@ -212,13 +252,12 @@ impl Embedder {
         let (shape, data) = outputs[self.spec.output.as_str()]
             .try_extract_tensor::<f32>()
             .map_err(|e| EmbedError::Inference(e.to_string()))?;
-        let dim = self.spec.dim;
-        if shape.len() != 2 || shape[0] as usize != n || shape[1] as usize != dim {
+        if shape.len() != 2 || shape[0] as usize != n || shape[1] <= 0 {
             return Err(EmbedError::Inference(format!(
-                "model returned shape {shape:?}, expected [{n}, {dim}]"
+                "model returned shape {shape:?}, expected [{n}, dim]"
             )));
         }
-        Ok(data.chunks_exact(dim).map(normalised).collect())
+        Ok((data.to_vec(), shape[1] as usize))
     }
 }
 

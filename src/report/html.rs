@@ -20,6 +20,10 @@ td { border-top: 1px solid #ddd; padding: .6rem; vertical-align: top; }
 .matches { display: flex; gap: .8rem; flex-wrap: wrap; }
 .match { width: 140px; font-size: .8rem; }
 .score { font-weight: 600; }
+.decision { font-weight: 700; text-transform: uppercase; }
+.decision.match { color: #0a6b2b; }
+.decision.possible { color: #9a6700; }
+.decision.no_match { color: #666; }
 .top .score { color: #0a6b2b; }
 .error { color: #a00; }
 .path { font-size: .8rem; word-break: break-all; max-width: 160px; }
@@ -55,6 +59,9 @@ pub fn write_html(
         writeln!(out, "<div class=\"path\">{}</div>", escape(&query))?;
         if let Some(t) = &report.timings {
             writeln!(out, "<div class=\"path\">{:.1} ms</div>", t.total_ms)?;
+        }
+        if let Some(d) = report.decision {
+            writeln!(out, "<div class=\"decision {0}\">{0}</div>", d.as_str())?;
         }
         writeln!(out, "</td><td><div class=\"matches\">")?;
         if let Some(error) = &report.error {

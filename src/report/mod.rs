@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::decision::Decision;
 use crate::engine::{Match, StageTimings};
 use crate::store::MarkStatus;
 
@@ -20,6 +21,8 @@ pub struct QueryReport {
     /// The photo, as given (a path).
     pub query: PathBuf,
     pub matches: Vec<Match>,
+    /// The search's decision (none when the photo could not be searched).
+    pub decision: Option<Decision>,
     pub timings: Option<StageTimings>,
     /// Why the photo could not be searched, if it could not.
     pub error: Option<String>,
@@ -92,6 +95,8 @@ impl<'a> From<&'a Match> for MatchRow<'a> {
 #[derive(Debug, Serialize)]
 struct QueryRow<'a> {
     query: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decision: Option<Decision>,
     matches: Vec<MatchRow<'a>>,
     timings_ms: Option<&'a StageTimings>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -127,13 +132,14 @@ pub fn write(
     std::fs::rename(&partial, path).map_err(io_err)
 }
 
-/// A JSON array with one object per query: `query`, `matches`, `timings_ms`, and
+/// A JSON array with one object per query: `query`, `decision`, `matches`, `timings_ms`, and
 /// `error` when the photo could not be searched.
 pub fn write_json(out: &mut dyn Write, reports: &[QueryReport]) -> std::io::Result<()> {
     let rows: Vec<QueryRow<'_>> = reports
         .iter()
         .map(|r| QueryRow {
             query: r.query.display().to_string(),
+            decision: r.decision,
             matches: r.matches.iter().map(MatchRow::from).collect(),
             timings_ms: r.timings.as_ref(),
             error: r.error.as_deref(),
@@ -143,8 +149,9 @@ pub fn write_json(out: &mut dyn Write, reports: &[QueryReport]) -> std::io::Resu
     writeln!(out)
 }
 
-const CSV_HEADER: [&str; 13] = [
+const CSV_HEADER: [&str; 14] = [
     "query",
+    "decision",
     "rank",
     "score",
     "mark_id",
@@ -172,11 +179,13 @@ pub fn write_csv(out: &mut dyn Write, reports: &[QueryReport]) -> std::io::Resul
             .map(|t| format!("{:.2}", t.total_ms))
             .unwrap_or_default();
         let error = report.error.clone().unwrap_or_default();
+        let decision = report.decision.map_or("", Decision::as_str);
         if report.matches.is_empty() {
             let mut row = vec![String::new(); CSV_HEADER.len()];
             row[0] = query;
-            row[11] = total;
-            row[12] = error;
+            row[1] = decision.to_owned();
+            row[12] = total;
+            row[13] = error;
             writer.write_record(&row).map_err(csv_err)?;
             continue;
         }
@@ -186,6 +195,7 @@ pub fn write_csv(out: &mut dyn Write, reports: &[QueryReport]) -> std::io::Resul
             writer
                 .write_record([
                     query.as_str(),
+                    decision,
                     &m.rank.to_string(),
                     &format!("{:.4}", m.score),
                     &m.record.id,

@@ -4,6 +4,7 @@
 use tonic::{Code, Status};
 
 use super::pb;
+use crate::decision::Decision;
 use crate::engine::{
     EngineError, EnrollOutcome, Match, SearchFilter, SearchOptions, SearchResult, StageTimings,
 };
@@ -194,6 +195,28 @@ pub fn result_to_proto(request_id: String, result: &SearchResult) -> pb::SearchR
             .collect(),
         timings: Some(timings_to_proto(&result.timings)),
         error: None,
+        decision: decision_to_proto(result.decision) as i32,
+    }
+}
+
+fn decision_to_proto(d: Decision) -> pb::Decision {
+    match d {
+        Decision::Match => pb::Decision::Match,
+        Decision::Possible => pb::Decision::Possible,
+        Decision::NoMatch => pb::Decision::NoMatch,
+        Decision::Uncalibrated => pb::Decision::Uncalibrated,
+    }
+}
+
+fn decision_from_proto(d: i32) -> Result<Decision, Status> {
+    match pb::Decision::try_from(d) {
+        Ok(pb::Decision::Match) => Ok(Decision::Match),
+        Ok(pb::Decision::Possible) => Ok(Decision::Possible),
+        Ok(pb::Decision::NoMatch) => Ok(Decision::NoMatch),
+        Ok(pb::Decision::Uncalibrated) => Ok(Decision::Uncalibrated),
+        Ok(pb::Decision::Unspecified) | Err(_) => Err(Status::internal(format!(
+            "server replied with no valid decision ({d})"
+        ))),
     }
 }
 
@@ -217,6 +240,7 @@ pub fn result_from_proto(reply: pb::SearchResponse) -> Result<SearchResult, Stat
     let t = reply.timings.unwrap_or_default();
     Ok(SearchResult {
         matches,
+        decision: decision_from_proto(reply.decision)?,
         timings: StageTimings {
             decode_ms: t.decode_ms,
             preprocess_ms: t.preprocess_ms,

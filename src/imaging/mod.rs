@@ -7,6 +7,8 @@
 //! all bounded *before* any pixel is decoded, so a hostile or corrupt file yields an
 //! [`ImageError`] rather than a panic or an out-of-memory kill.
 
+pub mod normalise;
+
 use std::io::Cursor;
 
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Rgb, RgbImage};
@@ -139,16 +141,50 @@ fn flatten_onto_white(image: DynamicImage) -> RgbImage {
     out
 }
 
-/// How a model wants its input: a square of `size` pixels, normalised per channel as
-/// `(pixel - mean) / std` on the 0..=255 scale.
+/// What of an image the model is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// The whole image, as it came.
+    Whole,
+    /// The mark found in the image, redrawn as ink on white, plus the negative
+    /// of a solid block ([`normalise::views`]): one or two views per image.
+    Mark,
+}
+
+impl Framing {
+    /// Names the framing and its algorithm's version in the model fingerprint:
+    /// any change to what the model is shown must change this tag.
+    pub fn tag(self) -> &'static str {
+        match self {
+            Framing::Whole => "whole",
+            Framing::Mark => "mark-v1",
+        }
+    }
+}
+
+/// How a model wants its input: what of the image it sees, then a square of `size`
+/// pixels, normalised per channel as `(pixel - mean) / std` on the 0..=255 scale.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Preprocess {
+    pub framing: Framing,
     pub size: u32,
     pub mean: [f32; 3],
     pub std: [f32; 3],
 }
 
 impl Preprocess {
+    /// The model input for one image: a `[views, 3, size, size]` tensor, one row
+    /// per view its framing gives.
+    pub fn input(&self, image: &RgbImage) -> Array4<f32> {
+        match self.framing {
+            Framing::Whole => self.tensor(&[image]),
+            Framing::Mark => {
+                let views = normalise::views(image);
+                self.tensor(&views.iter().collect::<Vec<_>>())
+            }
+        }
+    }
+
     /// The model input for `images`: a `[N, 3, size, size]` tensor.
     ///
     /// Each image is first padded to a square with white (marks vary widely in
@@ -302,6 +338,7 @@ mod tests {
         // A 2:1 black bar: after padding, the top and bottom quarters are white.
         let image = RgbImage::from_pixel(64, 32, Rgb([0, 0, 0]));
         let pre = Preprocess {
+            framing: Framing::Whole,
             size: 16,
             mean: [127.0; 3],
             std: [128.0; 3],

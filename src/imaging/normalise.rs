@@ -1,0 +1,556 @@
+//! Finding the mark in an image and redrawing it the way marks are recorded.
+//!
+//! A handheld photo shows a mark printed on a label or a box, under uneven light,
+//! framed loosely; a recorded mark is a clean drawing on a plain ground. An
+//! ImageNet embedding of the two differs more because of the label, the light and
+//! the framing than because of the mark. [`normalise`] removes most of that
+//! difference before the model sees either image:
+//!
+//! 1. the ground is modelled as a smooth colour field, a quadratic surface per
+//!    channel fitted to the image border (robustly, so ink touching the border does
+//!    not drag it), which follows light gradients and vignetting;
+//! 2. each pixel's ink strength is its colour distance from the ground there;
+//! 3. Otsu's threshold on that distance separates ink from ground, and the crop is
+//!    the box around the ink (trimmed of stray specks) with a small margin;
+//! 4. the crop is redrawn as ink strength, dark on white.
+//!
+//! The same function runs on enrolled marks and on photos, so both meet in one
+//! space. Colour and polarity are dropped on purpose: a recoloured or
+//! contrast-reversed copy of a mark is still the mark.
+
+use image::{GrayImage, Luma, RgbImage};
+
+/// Side of the working copy on which the ground is fitted and the ink is found.
+const WORK_SIDE: u32 = 128;
+/// Width of the border ring the ground is fitted to, as a fraction of the work side.
+const RING: f64 = 0.04;
+/// Share of ring pixels (the farthest from the first fit) left out of the refit.
+const REFIT_DROP: f64 = 0.2;
+/// Lowest ink threshold, in RGB distance: below it, texture and noise pass as ink.
+const MIN_THRESHOLD: f32 = 20.0;
+/// Share of ink pixels ignored on each side when boxing the ink (specks, noise).
+const TRIM: f64 = 0.005;
+/// Margin around the ink box, as a fraction of its longer side.
+const MARGIN: f64 = 0.06;
+/// Ink strength that maps to black: this quantile of the ink pixels' distances.
+const INK_QUANTILE: f64 = 0.9;
+/// Mean ink strength along the inside edge of the ink box above which the crop is
+/// taken for a solid block that may carry a mark (see [`edge_share`]).
+const BLOCK_SHARE: f64 = 0.6;
+/// Edge of a block left out when looking inside it, as a fraction of its longer
+/// side (its outline and any bleed).
+const BLOCK_EDGE: f64 = 0.04;
+/// Smallest block side, in image pixels, worth looking inside.
+const MIN_BLOCK_SIDE: u32 = 24;
+/// Most views of one image: the mark, and up to two blocks looked inside (a label
+/// seen whole, then a block knocked out on it).
+pub const MAX_VIEWS: usize = 3;
+
+/// The views of `image` the model sees, at most [`MAX_VIEWS`]: first the mark
+/// found, cropped and redrawn as dark ink on white. When that crop is mostly ink,
+/// it is a solid block: a label seen whole against a table, or a block of colour
+/// with the mark knocked out of it, as printed on packaging. The photo is then
+/// cropped to the inside of the block and searched again, which finds what is
+/// printed on (or knocked out of) the block, as a further view.
+///
+/// An image with no ink at all (a blank page) is redrawn whole.
+pub fn views(image: &RgbImage) -> Vec<RgbImage> {
+    let found = normalise(image).unwrap_or_else(|| Found::whole(image));
+    let mut out = Vec::with_capacity(MAX_VIEWS);
+    let mut next = found.block_inside();
+    out.push(found.view);
+    while let Some((x0, y0, x1, y1)) = next {
+        if out.len() == MAX_VIEWS {
+            break;
+        }
+        let zoomed = image::imageops::crop_imm(image, x0, y0, x1 - x0, y1 - y0).to_image();
+        let Some(inner) = normalise(&zoomed) else {
+            break;
+        };
+        next = inner
+            .block_inside()
+            .map(|b| (b.0 + x0, b.1 + y0, b.2 + x0, b.3 + y0));
+        out.push(inner.view);
+    }
+    out
+}
+
+/// A redrawn crop and where its ink lies.
+struct Found {
+    /// The crop redrawn as ink strength on white.
+    view: RgbImage,
+    /// The ink box (without the margin) in the view's pixels.
+    ink_in_view: (u32, u32, u32, u32),
+    /// The same box in the pixels of the image searched.
+    ink_in_image: (u32, u32, u32, u32),
+}
+
+impl Found {
+    fn whole(image: &RgbImage) -> Found {
+        let small = downscale(image, WORK_SIDE);
+        let ground = Ground::fit(&small);
+        let (w, h) = image.dimensions();
+        Found {
+            view: redraw(image, &ground, MIN_THRESHOLD, (0, 0, w, h)),
+            ink_in_view: (0, 0, w, h),
+            ink_in_image: (0, 0, w, h),
+        }
+    }
+
+    /// If the ink box is mostly ink, its inside (inset by [`BLOCK_EDGE`]) in the
+    /// image's pixels, when big enough to search.
+    fn block_inside(&self) -> Option<(u32, u32, u32, u32)> {
+        if edge_share(&self.view, self.ink_in_view) <= BLOCK_SHARE {
+            return None;
+        }
+        let (x0, y0, x1, y1) = self.ink_in_image;
+        let inset = (BLOCK_EDGE * f64::from((x1 - x0).max(y1 - y0))).round() as u32;
+        let b = (
+            x0 + inset,
+            y0 + inset,
+            x1.saturating_sub(inset),
+            y1.saturating_sub(inset),
+        );
+        (b.2 >= b.0 + MIN_BLOCK_SIDE && b.3 >= b.1 + MIN_BLOCK_SIDE).then_some(b)
+    }
+}
+
+/// Finds the mark in `image` and redraws its box as ink strength on white; `None`
+/// if nothing in it stands out from the ground.
+fn normalise(image: &RgbImage) -> Option<Found> {
+    let small = downscale(image, WORK_SIDE);
+    let ground = Ground::fit(&small);
+    let (sw, sh) = small.dimensions();
+    let distance: Vec<f32> = small
+        .enumerate_pixels()
+        .map(|(x, y, px)| ground.distance(px.0, coord(x, sw), coord(y, sh)))
+        .collect();
+    let threshold = otsu(&distance).max(MIN_THRESHOLD);
+    let (inner, margin) = ink_box(&distance, sw, threshold)?;
+    let (w, h) = image.dimensions();
+    let scale = f64::from(w) / f64::from(sw);
+    let outer = scale_box(
+        (
+            inner.0 - margin,
+            inner.1 - margin,
+            inner.2 + margin,
+            inner.3 + margin,
+        ),
+        scale,
+        w,
+        h,
+    );
+    let ink = scale_box(inner, scale, w, h);
+    let ink_in_view = (
+        ink.0 - outer.0,
+        ink.1 - outer.1,
+        ink.2.min(outer.2) - outer.0,
+        ink.3.min(outer.3) - outer.1,
+    );
+    Some(Found {
+        view: redraw(image, &ground, threshold, outer),
+        ink_in_view,
+        ink_in_image: ink,
+    })
+}
+
+/// Mean ink strength (0 white .. 1 black) of `image` along the inside edge of
+/// the box `b` (a band [`BLOCK_EDGE`] of its longer side wide). A block is ink
+/// along its whole edge; a mark touches its box only here and there.
+fn edge_share(image: &RgbImage, b: (u32, u32, u32, u32)) -> f64 {
+    let band = ((BLOCK_EDGE * f64::from((b.2 - b.0).max(b.3 - b.1))).round() as u32).max(1);
+    let inside =
+        |x: u32, y: u32| x >= b.0 + band && x + band < b.2 && y >= b.1 + band && y + band < b.3;
+    let (mut sum, mut n) = (0.0, 0usize);
+    for y in b.1..b.3 {
+        for x in b.0..b.2 {
+            if !inside(x, y) {
+                sum += 1.0 - f64::from(image.get_pixel(x, y)[0]) / 255.0;
+                n += 1;
+            }
+        }
+    }
+    sum / n.max(1) as f64
+}
+
+/// The pixel centre's position across the image, from -0.5 to 0.5, so that a
+/// ground fitted on the small copy applies to the full image unchanged.
+fn coord(i: u32, n: u32) -> f64 {
+    (f64::from(i) + 0.5) / f64::from(n) - 0.5
+}
+
+/// Shrinks `image` so its longer side is at most `side` (antialiased).
+fn downscale(image: &RgbImage, side: u32) -> RgbImage {
+    use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, images::Image};
+    let (w, h) = image.dimensions();
+    let scale = f64::from(side) / f64::from(w.max(h));
+    if scale >= 1.0 {
+        return image.clone();
+    }
+    let tw = ((f64::from(w) * scale).round() as u32).max(1);
+    let th = ((f64::from(h) * scale).round() as u32).max(1);
+    let source = Image::from_vec_u8(w, h, image.as_raw().clone(), PixelType::U8x3)
+        .expect("buffer matches its dimensions");
+    let mut target = Image::new(tw, th, PixelType::U8x3);
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+    fast_image_resize::Resizer::new()
+        .resize(&source, &mut target, &options)
+        .expect("same pixel type, non-empty images");
+    RgbImage::from_raw(tw, th, target.into_vec()).expect("buffer matches its dimensions")
+}
+
+/// The ground colour as a quadratic surface per channel over (u, v) in
+/// [-0.5, 0.5]²: `c0 + c1 u + c2 v + c3 u² + c4 v² + c5 uv`.
+struct Ground {
+    coef: [[f64; 6]; 3],
+}
+
+impl Ground {
+    /// Fits the surface to the border ring of `image`, then refits without the
+    /// ring pixels farthest from the first fit (ink or a table at the border).
+    fn fit(image: &RgbImage) -> Ground {
+        let (w, h) = image.dimensions();
+        let ring = ((RING * f64::from(w.max(h))).round() as u32).max(2);
+        let samples: Vec<([f64; 6], [u8; 3])> = image
+            .enumerate_pixels()
+            .filter(|(x, y, _)| x < &ring || y < &ring || x + ring >= w || y + ring >= h)
+            .map(|(x, y, px)| (basis(coord(x, w), coord(y, h)), px.0))
+            .collect();
+        let mut coef = [[0.0; 6]; 3];
+        for (c, out) in coef.iter_mut().enumerate() {
+            let all: Vec<usize> = (0..samples.len()).collect();
+            let first = least_squares(&samples, c, &all);
+            let residual = |i: &usize| {
+                let (b, px) = &samples[*i];
+                (dot6(&first, b) - f64::from(px[c])).abs()
+            };
+            let mut order = all.clone();
+            order.sort_by(|a, b| residual(a).total_cmp(&residual(b)));
+            let keep = ((1.0 - REFIT_DROP) * order.len() as f64).ceil() as usize;
+            *out = least_squares(&samples, c, &order[..keep.max(6).min(order.len())]);
+        }
+        Ground { coef }
+    }
+
+    /// RGB distance of `px` from the ground at (u, v).
+    fn distance(&self, px: [u8; 3], u: f64, v: f64) -> f32 {
+        let b = basis(u, v);
+        let sq: f64 = (0..3)
+            .map(|c| (f64::from(px[c]) - dot6(&self.coef[c], &b)).powi(2))
+            .sum();
+        sq.sqrt() as f32
+    }
+}
+
+fn basis(u: f64, v: f64) -> [f64; 6] {
+    [1.0, u, v, u * u, v * v, u * v]
+}
+
+fn dot6(a: &[f64; 6], b: &[f64; 6]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Least-squares coefficients of channel `c` over the samples `rows`, through the
+/// normal equations (6 unknowns, well conditioned on a ring around the image).
+fn least_squares(samples: &[([f64; 6], [u8; 3])], c: usize, rows: &[usize]) -> [f64; 6] {
+    let mut a = [[0.0f64; 7]; 6];
+    for &i in rows {
+        let (b, px) = &samples[i];
+        for r in 0..6 {
+            for k in 0..6 {
+                a[r][k] += b[r] * b[k];
+            }
+            a[r][6] += b[r] * f64::from(px[c]);
+        }
+    }
+    for (r, row) in a.iter_mut().enumerate() {
+        row[r] += 1e-9; // keeps a degenerate ring (a 1-pixel image) solvable
+    }
+    solve6(a)
+}
+
+/// Solves a 6x6 system given as an augmented matrix, by Gaussian elimination with
+/// partial pivoting.
+fn solve6(mut a: [[f64; 7]; 6]) -> [f64; 6] {
+    for col in 0..6 {
+        let pivot = (col..6)
+            .max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))
+            .expect("non-empty range");
+        a.swap(col, pivot);
+        let p = a[col][col];
+        if p.abs() < 1e-15 {
+            continue;
+        }
+        let pivot_row = a[col];
+        for (r, row) in a.iter_mut().enumerate() {
+            if r != col {
+                let f = row[col] / p;
+                for (v, pv) in row.iter_mut().zip(&pivot_row).skip(col) {
+                    *v -= f * pv;
+                }
+            }
+        }
+    }
+    let mut x = [0.0; 6];
+    for (r, xr) in x.iter_mut().enumerate() {
+        if a[r][r].abs() >= 1e-15 {
+            *xr = a[r][6] / a[r][r];
+        }
+    }
+    x
+}
+
+/// Otsu's threshold over `values`: the cut of a 128-bin histogram that maximises
+/// the between-class variance.
+fn otsu(values: &[f32]) -> f32 {
+    const BINS: usize = 128;
+    let (lo, hi) = values
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        });
+    if hi.partial_cmp(&lo) != Some(std::cmp::Ordering::Greater) {
+        return hi;
+    }
+    let width = (hi - lo) / BINS as f32;
+    let mut hist = [0u32; BINS];
+    for &v in values {
+        hist[(((v - lo) / width) as usize).min(BINS - 1)] += 1;
+    }
+    let total = values.len() as f64;
+    let centre = |i: usize| f64::from(lo) + (i as f64 + 0.5) * f64::from(width);
+    let mean_all: f64 = (0..BINS)
+        .map(|i| f64::from(hist[i]) * centre(i))
+        .sum::<f64>()
+        / total;
+    let (mut w0, mut m0, mut best, mut cut) = (0.0, 0.0, -1.0, 0);
+    for (i, &n) in hist.iter().enumerate() {
+        w0 += f64::from(n) / total;
+        m0 += f64::from(n) * centre(i) / total;
+        let w1 = 1.0 - w0;
+        if w0 <= 0.0 || w1 <= 1e-12 {
+            continue;
+        }
+        let between = (mean_all * w0 - m0).powi(2) / (w0 * w1);
+        if between > best {
+            best = between;
+            cut = i;
+        }
+    }
+    centre(cut) as f32
+}
+
+/// The box `(x0, y0, x1, y1)` (exclusive ends, in work pixels, fractional) around
+/// the pixels over `threshold`, trimmed of stray specks, and the margin to add
+/// around it; `None` if there are too few.
+fn ink_box(distance: &[f32], width: u32, threshold: f32) -> Option<((f64, f64, f64, f64), f64)> {
+    let w = width as usize;
+    let (mut xs, mut ys): (Vec<u32>, Vec<u32>) = distance
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| **d > threshold)
+        .map(|(i, _)| ((i % w) as u32, (i / w) as u32))
+        .unzip();
+    if xs.len() < 10 {
+        return None;
+    }
+    xs.sort_unstable();
+    ys.sort_unstable();
+    let at = |v: &[u32], q: f64| f64::from(v[(q * (v.len() - 1) as f64).round() as usize]);
+    let (x0, x1) = (at(&xs, TRIM), at(&xs, 1.0 - TRIM) + 1.0);
+    let (y0, y1) = (at(&ys, TRIM), at(&ys, 1.0 - TRIM) + 1.0);
+    Some(((x0, y0, x1, y1), MARGIN * (x1 - x0).max(y1 - y0)))
+}
+
+/// A work-pixel box scaled by `scale` to full-image pixels and clamped to it;
+/// never empty.
+fn scale_box(b: (f64, f64, f64, f64), scale: f64, w: u32, h: u32) -> (u32, u32, u32, u32) {
+    let clamp = |v: f64, n: u32| (v * scale).round().clamp(0.0, f64::from(n)) as u32;
+    let (x0, y0) = (clamp(b.0, w).min(w - 1), clamp(b.1, h).min(h - 1));
+    let (x1, y1) = (clamp(b.2, w).max(x0 + 1), clamp(b.3, h).max(y0 + 1));
+    (x0, y0, x1, y1)
+}
+
+/// The box of `image` redrawn as ink strength: ground white, strong ink black.
+fn redraw(
+    image: &RgbImage,
+    ground: &Ground,
+    threshold: f32,
+    (x0, y0, x1, y1): (u32, u32, u32, u32),
+) -> RgbImage {
+    let (w, h) = image.dimensions();
+    let mut distance = Vec::with_capacity(((x1 - x0) * (y1 - y0)) as usize);
+    for y in y0..y1 {
+        for x in x0..x1 {
+            let px = image.get_pixel(x, y).0;
+            distance.push(ground.distance(px, coord(x, w), coord(y, h)));
+        }
+    }
+    let mut ink: Vec<f32> = distance
+        .iter()
+        .copied()
+        .filter(|d| *d > threshold)
+        .collect();
+    let full = if ink.is_empty() {
+        threshold
+    } else {
+        let k = ((INK_QUANTILE * (ink.len() - 1) as f64).round() as usize).min(ink.len() - 1);
+        *ink.select_nth_unstable_by(k, f32::total_cmp).1
+    };
+    // Half the threshold maps to white, so faint ink edges fade rather than vanish.
+    let zero = threshold * 0.5;
+    let span = (full.max(threshold + 1.0) - zero).max(1.0);
+    let grey = GrayImage::from_fn(x1 - x0, y1 - y0, |x, y| {
+        let d = distance[(y * (x1 - x0) + x) as usize];
+        let strength = ((d - zero) / span).clamp(0.0, 1.0);
+        Luma([255 - (strength * 255.0).round() as u8])
+    });
+    image::DynamicImage::ImageLuma8(grey).into_rgb8()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::Rgb;
+
+    /// A `size` square of `ground` with a `mark` rectangle at (x0, y0)-(x1, y1).
+    fn card(size: u32, ground: [u8; 3], mark: [u8; 3], b: (u32, u32, u32, u32)) -> RgbImage {
+        RgbImage::from_fn(size, size, |x, y| {
+            if (b.0..b.2).contains(&x) && (b.1..b.3).contains(&y) {
+                Rgb(mark)
+            } else {
+                Rgb(ground)
+            }
+        })
+    }
+
+    fn mark(image: &RgbImage) -> RgbImage {
+        views(image).remove(0)
+    }
+
+    #[test]
+    fn crops_to_the_mark_with_a_margin() {
+        let out = mark(&card(
+            256,
+            [200, 180, 150],
+            [20, 40, 160],
+            (100, 60, 160, 200),
+        ));
+        // The mark is 60x140; the crop adds 6% of 140 on each side (about 8 px).
+        let (w, h) = out.dimensions();
+        assert!((70..=84).contains(&w), "width {w}");
+        assert!((150..=164).contains(&h), "height {h}");
+        assert_eq!(out.get_pixel(w / 2, h / 2), &Rgb([0, 0, 0]), "ink is black");
+        assert_eq!(
+            out.get_pixel(1, 1),
+            &Rgb([255, 255, 255]),
+            "ground is white"
+        );
+    }
+
+    #[test]
+    fn polarity_and_colour_do_not_matter() {
+        let dark_on_light = mark(&card(128, [240, 240, 240], [10, 10, 10], (30, 40, 90, 80)));
+        let light_on_dark = mark(&card(128, [10, 10, 10], [240, 240, 240], (30, 40, 90, 80)));
+        let red_on_blue = mark(&card(128, [30, 60, 200], [220, 30, 30], (30, 40, 90, 80)));
+        assert_eq!(dark_on_light, light_on_dark);
+        assert_eq!(dark_on_light, red_on_blue);
+    }
+
+    #[test]
+    fn follows_a_light_gradient_across_the_ground() {
+        // The ground darkens from 250 to 130 left to right; the mark is a dark bar.
+        let image = RgbImage::from_fn(200, 200, |x, y| {
+            if (80..120).contains(&x) && (50..150).contains(&y) {
+                Rgb([20, 20, 20])
+            } else {
+                let g = 250 - (x * 120 / 199) as u8;
+                Rgb([g, g, g])
+            }
+        });
+        let (w, h) = mark(&image).dimensions();
+        assert!(
+            (40..=56).contains(&w),
+            "width {w}: the gradient was taken for ink"
+        );
+        assert!((100..=116).contains(&h), "height {h}");
+    }
+
+    #[test]
+    fn a_blank_image_is_kept_whole() {
+        let blank = RgbImage::from_pixel(50, 30, Rgb([255, 255, 255]));
+        let out = mark(&blank);
+        assert_eq!(out.dimensions(), (50, 30));
+        assert!(out.pixels().all(|p| p.0 == [255, 255, 255]));
+        let tiny = RgbImage::from_pixel(1, 1, Rgb([3, 4, 5]));
+        assert_eq!(mark(&tiny).dimensions(), (1, 1));
+    }
+
+    #[test]
+    fn inside_a_block_the_knocked_out_mark_is_found() {
+        // A dark block with a light bar knocked out of it, and the bar printed plainly.
+        let bar = (70, 60, 90, 140);
+        let block = RgbImage::from_fn(200, 200, |x, y| {
+            let in_block = (40..160).contains(&x) && (40..160).contains(&y);
+            let in_bar = (bar.0..bar.2).contains(&x) && (bar.1..bar.3).contains(&y);
+            Rgb(if in_block && !in_bar {
+                [30, 30, 120]
+            } else {
+                [235, 230, 220]
+            })
+        });
+        let block_views = views(&block);
+        assert_eq!(block_views.len(), 2, "a block is looked inside");
+        let plain_views = views(&card(200, [235, 230, 220], [30, 30, 120], bar));
+        assert_eq!(plain_views.len(), 1, "nothing is printed on the bar");
+        let (inside, plain) = (&block_views[1], &plain_views[0]);
+        let (iw, ih) = inside.dimensions();
+        let (pw, ph) = plain.dimensions();
+        assert!(
+            iw.abs_diff(pw) <= 3 && ih.abs_diff(ph) <= 3,
+            "{iw}x{ih} vs {pw}x{ph}"
+        );
+        assert_eq!(inside.get_pixel(iw / 2, ih / 2), &Rgb([0, 0, 0]));
+        // An outline is not a block.
+        let outline = RgbImage::from_fn(200, 200, |x, y| {
+            let frame = (40..160).contains(&x) && (40..160).contains(&y);
+            let inner = (44..156).contains(&x) && (44..156).contains(&y);
+            Rgb(if frame && !inner {
+                [30, 30, 120]
+            } else {
+                [235, 230, 220]
+            })
+        });
+        assert_eq!(views(&outline).len(), 1);
+    }
+
+    #[test]
+    fn a_label_seen_whole_is_looked_inside_twice() {
+        // A table, a pale label on it, a dark block on the label, a bar knocked out.
+        let image = RgbImage::from_fn(300, 300, |x, y| {
+            let on = |a: u32, b: u32| (a..b).contains(&x) && (a..b).contains(&y);
+            let bar = (130..170).contains(&x) && (110..190).contains(&y);
+            Rgb(if bar {
+                [240, 236, 225]
+            } else if on(100, 200) {
+                [20, 20, 20]
+            } else if on(40, 260) {
+                [240, 236, 225]
+            } else {
+                [140, 90, 50]
+            })
+        });
+        let v = views(&image);
+        assert_eq!(v.len(), MAX_VIEWS);
+        let (w, h) = v[2].dimensions();
+        assert!((40..=56).contains(&w) && (80..=100).contains(&h), "{w}x{h}");
+    }
+
+    #[test]
+    fn otsu_splits_two_clusters() {
+        let mut v = vec![5.0f32; 100];
+        v.extend(std::iter::repeat_n(100.0, 50));
+        let t = otsu(&v);
+        assert!(t > 5.0 && t < 100.0, "{t}");
+    }
+}
