@@ -177,7 +177,8 @@ impl SearchFilter {
 pub struct SearchOptions {
     /// Matches to return (1..=[`MAX_TOP_K`]).
     pub top_k: usize,
-    /// Drop matches scoring below this cosine similarity.
+    /// Drop matches scoring below this cosine similarity (-1: keep every match;
+    /// with the whitening head, unrelated marks score around 0 and below).
     pub min_score: f32,
     pub filter: SearchFilter,
 }
@@ -186,7 +187,7 @@ impl Default for SearchOptions {
     fn default() -> Self {
         SearchOptions {
             top_k: 10,
-            min_score: 0.0,
+            min_score: -1.0,
             filter: SearchFilter::default(),
         }
     }

@@ -121,9 +121,9 @@ fn enroll_search_screen_and_manage_marks() {
                 );
                 assert!(
                     rows.iter()
-                        .any(|r| &r[3] == ids[2].as_str() && &r[1] == "1")
+                        .any(|r| &r[4] == ids[2].as_str() && &r[2] == "1")
                 );
-                assert!(rows.iter().any(|r| !r[12].is_empty()));
+                assert!(rows.iter().any(|r| !r[13].is_empty()));
             }
             _ => {
                 assert!(text.starts_with("<!doctype html>"));
@@ -398,4 +398,25 @@ fn calibrate_stores_thresholds_that_search_and_screen_report() {
     );
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("max_miss"));
+}
+
+#[test]
+fn the_demo_enrols_calibrates_and_screens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let report = tmp.path().join("demo.html");
+    let out = ok(
+        &tmp.path().join("data"),
+        &["demo", "--no-serve", "--report", report.to_str().unwrap()],
+    );
+    assert!(out.contains("gallery: 300 real marks"), "{out}");
+    assert!(
+        out.contains("calibrated on 85 photos of recorded marks and 6 of unrecorded ones"),
+        "{out}"
+    );
+    assert!(out.contains("screened 41 photos"), "{out}");
+    let html = std::fs::read_to_string(&report).unwrap();
+    assert!(
+        html.contains("class=\"decision "),
+        "decisions are in the report"
+    );
 }

@@ -130,7 +130,10 @@ fn hnsw_snapshot_restart_catches_up_with_the_store() {
     let engine = marklens::Engine::open(config()).unwrap();
     let info = engine.info().unwrap();
     assert_eq!(info.index, "hnsw");
-    assert_eq!(info.indexed_vectors, marks.len() - 1);
+    // Every stored view (one or more per mark) is indexed, the removed mark's not.
+    assert_eq!(info.marks, marks.len() - 1);
+    assert_eq!(info.indexed_vectors, info.vectors);
+    assert!(info.vectors >= marks.len() - 1);
     for (id, path) in &marks[1..] {
         assert_eq!(&top1(&engine, &std::fs::read(path).unwrap()).0, id);
     }
@@ -166,7 +169,9 @@ fn enrolment_is_idempotent_and_same_id_new_image_replaces() {
         })
         .unwrap();
     assert_eq!(replaced, PutOutcome::Replaced);
-    assert_eq!(engine.info().unwrap().vectors, marks.len());
+    let info = engine.info().unwrap();
+    assert_eq!(info.marks, marks.len());
+    assert_eq!(info.indexed_vectors, info.vectors);
     let result = engine
         .search(
             &std::fs::read(other_image).unwrap(),

@@ -2,12 +2,12 @@
 //! labelled photos and store them in the data directory.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
 use marklens::bench::retrieval::{GalleryRow, load_queries, read_manifest};
-use marklens::decision::{DEFAULT_MAX_MISS, DEFAULT_MIN_PRECISION};
+use marklens::decision::{Calibration, DEFAULT_MAX_MISS, DEFAULT_MIN_PRECISION};
 use marklens::engine::LabelledPhoto;
 
 use super::{Global, progress};
@@ -37,21 +37,44 @@ pub struct CalibrateArgs {
 }
 
 pub fn run(global: &Global, args: CalibrateArgs) -> anyhow::Result<ExitCode> {
-    let queries = load_queries(&args.queries, global.max_image_bytes as u64)?;
-    anyhow::ensure!(
-        !queries.is_empty(),
-        "{} lists no photos",
-        args.queries.display()
-    );
+    let photos = labelled(
+        &args.queries,
+        args.gallery.as_deref(),
+        global.max_image_bytes,
+    )?;
+    let engine = global.open()?;
+    let bar = progress(photos.len(), "calibrating");
+    let c = engine.calibrate(&photos, args.max_miss, args.min_precision, &|n| {
+        bar.inc(n as u64)
+    })?;
+    bar.finish_and_clear();
+    engine.flush()?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&c)?);
+    } else {
+        print_calibration(&c);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The photos of a query manifest with their right answers: the expected mark,
+/// and the other marks of its brand when a gallery manifest names brands.
+pub fn labelled(
+    queries: &Path,
+    gallery: Option<&Path>,
+    max_bytes: usize,
+) -> anyhow::Result<Vec<LabelledPhoto>> {
+    let queries = load_queries(queries, max_bytes as u64)?;
+    anyhow::ensure!(!queries.is_empty(), "the query manifest lists no photos");
     let mut by_brand: HashMap<String, Vec<String>> = HashMap::new();
-    if let Some(path) = &args.gallery {
+    if let Some(path) = gallery {
         for row in read_manifest::<GalleryRow>(path)? {
             if !row.brand.is_empty() {
                 by_brand.entry(row.brand).or_default().push(row.mark_id);
             }
         }
     }
-    let photos: Vec<LabelledPhoto> = queries
+    Ok(queries
         .into_iter()
         .map(|q| {
             let mut right = Vec::new();
@@ -64,39 +87,31 @@ pub fn run(global: &Global, args: CalibrateArgs) -> anyhow::Result<ExitCode> {
                 right,
             }
         })
-        .collect();
-    let engine = global.open()?;
-    let bar = progress(photos.len(), "calibrating");
-    let c = engine.calibrate(&photos, args.max_miss, args.min_precision, &|n| {
-        bar.inc(n as u64)
-    })?;
-    bar.finish_and_clear();
-    engine.flush()?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&c)?);
+        .collect())
+}
+
+/// The thresholds in words.
+pub fn print_calibration(c: &Calibration) {
+    println!(
+        "calibrated on {} photos of recorded marks and {} of unrecorded ones \
+             (gallery of {} marks, model {})",
+        c.recorded, c.unrecorded, c.gallery, c.fingerprint
+    );
+    println!(
+        "  no match below {:.4} (at most {:.1}% of recorded photos)",
+        c.no_match_below,
+        c.max_miss * 100.0
+    );
+    if c.match_from.is_finite() {
+        println!(
+            "  match from {:.4} (at least {:.1}% of these matches right)",
+            c.match_from,
+            c.min_precision * 100.0
+        );
     } else {
         println!(
-            "calibrated on {} photos of recorded marks and {} of unrecorded ones \
-             (gallery of {} marks, model {})",
-            c.recorded, c.unrecorded, c.gallery, c.fingerprint
+            "  no score reached {:.1}% precision: searches will say \"possible\" at best",
+            c.min_precision * 100.0
         );
-        println!(
-            "  no match below {:.4} (at most {:.1}% of recorded photos)",
-            c.no_match_below,
-            c.max_miss * 100.0
-        );
-        if c.match_from.is_finite() {
-            println!(
-                "  match from {:.4} (at least {:.1}% of these matches right)",
-                c.match_from,
-                c.min_precision * 100.0
-            );
-        } else {
-            println!(
-                "  no score reached {:.1}% precision: searches will say \"possible\" at best",
-                c.min_precision * 100.0
-            );
-        }
     }
-    Ok(ExitCode::SUCCESS)
 }

@@ -73,6 +73,24 @@ pub fn run(global: &Global, args: DemoArgs) -> anyhow::Result<ExitCode> {
         info.data_dir.display()
     );
     enroll_demo_gallery(&engine, &args.fixtures, global)?;
+    let labelled = args.fixtures.join("queries-bench.csv");
+    if engine.calibration().is_none() && labelled.is_file() {
+        // A demo shortcut: the decision is calibrated on the bundled labelled
+        // photos, which include the ones screened below. A deployment calibrates
+        // on photos it does not report on (`marklens calibrate`).
+        let photos = super::calibrate::labelled(&labelled, None, global.max_image_bytes)?;
+        let c = engine.calibrate(
+            &photos,
+            marklens::decision::DEFAULT_MAX_MISS,
+            marklens::decision::DEFAULT_MIN_PRECISION,
+            &|_| {},
+        )?;
+        println!(
+            "decision thresholds from {} (demo only: see `marklens calibrate`):",
+            labelled.display()
+        );
+        super::calibrate::print_calibration(&c);
+    }
 
     let photos = super::image_files(&args.fixtures.join("queries"))?;
     let options = marklens::SearchOptions {
@@ -95,6 +113,15 @@ pub fn run(global: &Global, args: DemoArgs) -> anyhow::Result<ExitCode> {
         reports.len(),
         marklens::engine::EMBED_BATCH,
         args.report.display()
+    );
+    let count =
+        |d: marklens::decision::Decision| reports.iter().filter(|r| r.decision == Some(d)).count();
+    use marklens::decision::Decision::{Match, NoMatch, Possible};
+    println!(
+        "decisions: {} match, {} possible, {} no match",
+        count(Match),
+        count(Possible),
+        count(NoMatch)
     );
     if args.no_serve {
         return Ok(ExitCode::SUCCESS);

@@ -22,7 +22,7 @@ pub struct MatchArgs {
     pub top_k: usize,
 
     /// Drop matches scoring below this cosine similarity (-1 to 1).
-    #[arg(long, default_value_t = 0.0, value_name = "SCORE")]
+    #[arg(long, default_value_t = -1.0, value_name = "SCORE", allow_negative_numbers = true)]
     pub min_score: f32,
 
     /// Only marks in this Nice class (repeatable: any of them).

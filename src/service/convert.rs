@@ -133,7 +133,12 @@ pub fn options_from_proto(request: &pb::SearchRequest) -> Result<SearchOptions, 
         } else {
             request.top_k as usize
         },
-        min_score: request.min_score,
+        // Unset (0) keeps every match, as the library's default does.
+        min_score: if request.min_score == 0.0 {
+            -1.0
+        } else {
+            request.min_score
+        },
         filter: SearchFilter {
             nice_classes: classes_from_proto(&filter.nice_classes)?,
             statuses: filter
