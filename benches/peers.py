@@ -65,6 +65,8 @@ def percentiles(ms: list[float]) -> dict:
 WORK_SIDE, RING, REFIT_DROP, MIN_THRESHOLD = 128, 0.04, 0.2, 20.0
 TRIM, MARGIN, INK_QUANTILE = 0.005, 0.06, 0.9
 BLOCK_SHARE, BLOCK_EDGE, MIN_BLOCK_SIDE, MAX_VIEWS = 0.6, 0.04, 24, 3
+# ... and of src/imaging/upright.rs.
+SKEW_SIDE, MIN_CLARITY, MIN_TILT_DEG, CROP_INK, ROTATE_SIDE = 128, 0.15, 1.0, 32.0, 320
 
 
 def rnd(x):
@@ -143,10 +145,7 @@ def redraw(img: np.ndarray, coef, threshold: float, box) -> tuple:
 def normalise(img: np.ndarray):
     """(view, ink box in the view, ink box in img) or None."""
     h, w, _ = img.shape
-    s = WORK_SIDE / max(w, h)
-    pil = Image.fromarray(img)
-    small = np.asarray(pil if s >= 1 else pil.resize(
-        (max(int(rnd(w * s)), 1), max(int(rnd(h * s)), 1)), Image.Resampling.BILINEAR))
+    small = shrink(img, WORK_SIDE)
     coef = ground_fit(small)
     sh, sw, _ = small.shape
     d = distance(small, coef, coords(sw), coords(sh))
@@ -179,15 +178,79 @@ def block_inside(found):
     return bx if bx[2] >= bx[0] + MIN_BLOCK_SIDE and bx[3] >= bx[1] + MIN_BLOCK_SIDE else None
 
 
+def shrink(img: np.ndarray, side: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    s = side / max(w, h)
+    pil = Image.fromarray(img)
+    return np.asarray(pil if s >= 1 else pil.resize(
+        (max(int(rnd(w * s)), 1), max(int(rnd(h * s)), 1)), Image.Resampling.BILINEAR))
+
+
+def tilt(view: np.ndarray):
+    """Four-fold mean gradient direction in radians, or None when unclear."""
+    a = view.astype(np.float64)
+    if a.shape[0] < 3 or a.shape[1] < 3:
+        return None
+    p = lambda dy, dx: a[1 + dy:a.shape[0] - 1 + dy, 1 + dx:a.shape[1] - 1 + dx]  # noqa: E731
+    gx = p(-1, 1) + 2 * p(0, 1) + p(1, 1) - p(-1, -1) - 2 * p(0, -1) - p(1, -1)
+    gy = p(1, -1) + 2 * p(1, 0) + p(1, 1) - p(-1, -1) - 2 * p(-1, 0) - p(-1, 1)
+    m = np.hypot(gx, gy)
+    th = 4 * np.arctan2(gy, gx)
+    c, s, total = (m * np.cos(th)).sum(), (m * np.sin(th)).sum(), m.sum()
+    if total <= 0 or np.hypot(c, s) / total < MIN_CLARITY:
+        return None
+    return np.arctan2(s, c) / 4
+
+
+def rotate(view: np.ndarray, angle: float) -> np.ndarray:
+    h, w = view.shape
+    sin, cos = np.sin(angle), np.cos(angle)
+    ow = int(np.ceil(w * abs(cos) + h * abs(sin)))
+    oh = int(np.ceil(w * abs(sin) + h * abs(cos)))
+    dx, dy = np.meshgrid(np.arange(ow) + 0.5 - ow / 2, np.arange(oh) + 0.5 - oh / 2)
+    x = cos * dx + sin * dy + w / 2 - 0.5
+    y = -sin * dx + cos * dy + h / 2 - 0.5
+    x0, y0 = np.floor(x), np.floor(y)
+    fx, fy = x - x0, y - y0
+
+    def px(xi, yi):
+        ok = (xi >= 0) & (yi >= 0) & (xi < w) & (yi < h)
+        return np.where(ok, view[np.clip(yi, 0, h - 1).astype(int), np.clip(xi, 0, w - 1).astype(int)], 255.0)
+    top = px(x0, y0) * (1 - fx) + px(x0 + 1, y0) * fx
+    bottom = px(x0, y0 + 1) * (1 - fx) + px(x0 + 1, y0 + 1) * fx
+    return np.clip(rnd(top * (1 - fy) + bottom * fy), 0, 255).astype(np.uint8)
+
+
+def crop_to_ink(view: np.ndarray) -> np.ndarray:
+    h, w = view.shape
+    ys, xs = np.nonzero(255.0 - view > CROP_INK)
+    if len(xs) < 10:
+        return view
+    xs, ys = np.sort(xs), np.sort(ys)
+    at = lambda v, q: float(v[int(rnd(q * (len(v) - 1)))])  # noqa: E731
+    x0, y0, x1, y1 = at(xs, TRIM), at(ys, TRIM), at(xs, 1 - TRIM) + 1, at(ys, 1 - TRIM) + 1
+    m = MARGIN * max(x1 - x0, y1 - y0)
+    cl = lambda v, n: int(min(max(rnd(v), 0), n))  # noqa: E731
+    cx0, cy0, cx1, cy1 = cl(x0 - m, w), cl(y0 - m, h), cl(x1 + m, w), cl(y1 + m, h)
+    return view if cx1 <= cx0 or cy1 <= cy0 else view[cy0:cy1, cx0:cx1]
+
+
+def upright(view: np.ndarray) -> np.ndarray:
+    angle = tilt(shrink(view, SKEW_SIDE))
+    if angle is None or abs(np.degrees(angle)) < MIN_TILT_DEG:
+        return view
+    return crop_to_ink(rotate(shrink(view, ROTATE_SIDE), -angle))
+
+
 def views(img: np.ndarray) -> list[np.ndarray]:
+    return [upright(v) for v in found_views(img)]
+
+
+def found_views(img: np.ndarray) -> list[np.ndarray]:
     found = normalise(img)
     if found is None:
         h, w, _ = img.shape
-        s = WORK_SIDE / max(w, h)
-        pil = Image.fromarray(img)
-        small = np.asarray(pil if s >= 1 else pil.resize(
-            (max(int(rnd(w * s)), 1), max(int(rnd(h * s)), 1)), Image.Resampling.BILINEAR))
-        return [redraw(img, ground_fit(small), MIN_THRESHOLD, (0, 0, w, h))]
+        return [redraw(img, ground_fit(shrink(img, WORK_SIDE)), MIN_THRESHOLD, (0, 0, w, h))]
     out = [found[0]]
     nxt = block_inside(found)
     while nxt is not None and len(out) < MAX_VIEWS:

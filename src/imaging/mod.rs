@@ -8,6 +8,7 @@
 //! [`ImageError`] rather than a panic or an out-of-memory kill.
 
 pub mod normalise;
+mod upright;
 
 use std::io::Cursor;
 
@@ -147,7 +148,8 @@ pub enum Framing {
     /// The whole image, as it came.
     Whole,
     /// The mark found in the image, redrawn as ink on white, plus the negative
-    /// of a solid block ([`normalise::views`]): one or two views per image.
+    /// of a solid block, each turned square to the frame ([`normalise::views`]):
+    /// one to three views per image.
     Mark,
 }
 
@@ -157,7 +159,7 @@ impl Framing {
     pub fn tag(self) -> &'static str {
         match self {
             Framing::Whole => "whole",
-            Framing::Mark => "mark-v1",
+            Framing::Mark => "mark-v2",
         }
     }
 }

@@ -12,13 +12,16 @@
 //! 2. each pixel's ink strength is its colour distance from the ground there;
 //! 3. Otsu's threshold on that distance separates ink from ground, and the crop is
 //!    the box around the ink (trimmed of stray specks) with a small margin;
-//! 4. the crop is redrawn as ink strength, dark on white.
+//! 4. the crop is redrawn as ink strength, dark on white;
+//! 5. the redrawn crop is turned square to the frame ([`upright`]).
 //!
 //! The same function runs on enrolled marks and on photos, so both meet in one
 //! space. Colour and polarity are dropped on purpose: a recoloured or
 //! contrast-reversed copy of a mark is still the mark.
 
-use image::{GrayImage, Luma, RgbImage};
+use image::{GrayImage, ImageBuffer, Luma, Pixel, RgbImage};
+
+use super::upright::upright;
 
 /// Side of the working copy on which the ground is fitted and the ink is found.
 const WORK_SIDE: u32 = 128;
@@ -58,7 +61,7 @@ pub fn views(image: &RgbImage) -> Vec<RgbImage> {
     let found = normalise(image).unwrap_or_else(|| Found::whole(image));
     let mut out = Vec::with_capacity(MAX_VIEWS);
     let mut next = found.block_inside();
-    out.push(found.view);
+    out.push(finish(found.view));
     while let Some((x0, y0, x1, y1)) = next {
         if out.len() == MAX_VIEWS {
             break;
@@ -70,15 +73,20 @@ pub fn views(image: &RgbImage) -> Vec<RgbImage> {
         next = inner
             .block_inside()
             .map(|b| (b.0 + x0, b.1 + y0, b.2 + x0, b.3 + y0));
-        out.push(inner.view);
+        out.push(finish(inner.view));
     }
     out
+}
+
+/// A found view as the model sees it: upright, in RGB.
+fn finish(view: GrayImage) -> RgbImage {
+    image::DynamicImage::ImageLuma8(upright(view)).into_rgb8()
 }
 
 /// A redrawn crop and where its ink lies.
 struct Found {
     /// The crop redrawn as ink strength on white.
-    view: RgbImage,
+    view: GrayImage,
     /// The ink box (without the margin) in the view's pixels.
     ink_in_view: (u32, u32, u32, u32),
     /// The same box in the pixels of the image searched.
@@ -157,7 +165,7 @@ fn normalise(image: &RgbImage) -> Option<Found> {
 /// Mean ink strength (0 white .. 1 black) of `image` along the inside edge of
 /// the box `b` (a band [`BLOCK_EDGE`] of its longer side wide). A block is ink
 /// along its whole edge; a mark touches its box only here and there.
-fn edge_share(image: &RgbImage, b: (u32, u32, u32, u32)) -> f64 {
+fn edge_share(image: &GrayImage, b: (u32, u32, u32, u32)) -> f64 {
     let band = ((BLOCK_EDGE * f64::from((b.2 - b.0).max(b.3 - b.1))).round() as u32).max(1);
     let inside =
         |x: u32, y: u32| x >= b.0 + band && x + band < b.2 && y >= b.1 + band && y + band < b.3;
@@ -181,7 +189,22 @@ fn coord(i: u32, n: u32) -> f64 {
 
 /// Shrinks `image` so its longer side is at most `side` (antialiased).
 fn downscale(image: &RgbImage, side: u32) -> RgbImage {
-    use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, images::Image};
+    shrink(image, side, fast_image_resize::PixelType::U8x3)
+}
+
+/// [`downscale`] for a grey image.
+pub(super) fn downscale_grey(image: &GrayImage, side: u32) -> GrayImage {
+    shrink(image, side, fast_image_resize::PixelType::U8)
+}
+
+/// Shrinks an 8-bit image whose pixels are `pixel_type` so its longer side is at
+/// most `side`.
+fn shrink<P: Pixel<Subpixel = u8>>(
+    image: &ImageBuffer<P, Vec<u8>>,
+    side: u32,
+    pixel_type: fast_image_resize::PixelType,
+) -> ImageBuffer<P, Vec<u8>> {
+    use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, images::Image};
     let (w, h) = image.dimensions();
     let scale = f64::from(side) / f64::from(w.max(h));
     if scale >= 1.0 {
@@ -189,14 +212,14 @@ fn downscale(image: &RgbImage, side: u32) -> RgbImage {
     }
     let tw = ((f64::from(w) * scale).round() as u32).max(1);
     let th = ((f64::from(h) * scale).round() as u32).max(1);
-    let source = Image::from_vec_u8(w, h, image.as_raw().clone(), PixelType::U8x3)
+    let source = Image::from_vec_u8(w, h, image.as_raw().clone(), pixel_type)
         .expect("buffer matches its dimensions");
-    let mut target = Image::new(tw, th, PixelType::U8x3);
+    let mut target = Image::new(tw, th, pixel_type);
     let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
     fast_image_resize::Resizer::new()
         .resize(&source, &mut target, &options)
         .expect("same pixel type, non-empty images");
-    RgbImage::from_raw(tw, th, target.into_vec()).expect("buffer matches its dimensions")
+    ImageBuffer::from_raw(tw, th, target.into_vec()).expect("buffer matches its dimensions")
 }
 
 /// The ground colour as a quadratic surface per channel over (u, v) in
@@ -343,22 +366,38 @@ fn otsu(values: &[f32]) -> f32 {
 /// The box `(x0, y0, x1, y1)` (exclusive ends, in work pixels, fractional) around
 /// the pixels over `threshold`, trimmed of stray specks, and the margin to add
 /// around it; `None` if there are too few.
-fn ink_box(distance: &[f32], width: u32, threshold: f32) -> Option<((f64, f64, f64, f64), f64)> {
+pub(super) fn ink_box(
+    distance: &[f32],
+    width: u32,
+    threshold: f32,
+) -> Option<((f64, f64, f64, f64), f64)> {
     let w = width as usize;
-    let (mut xs, mut ys): (Vec<u32>, Vec<u32>) = distance
-        .iter()
-        .enumerate()
-        .filter(|(_, d)| **d > threshold)
-        .map(|(i, _)| ((i % w) as u32, (i / w) as u32))
-        .unzip();
-    if xs.len() < 10 {
+    let h = distance.len() / w.max(1);
+    // Ink pixels counted per column and per row: the quantiles below are read
+    // off these counts, as they would be off the sorted coordinates.
+    let (mut columns, mut rows) = (vec![0usize; w], vec![0usize; h]);
+    for (i, _) in distance.iter().enumerate().filter(|(_, d)| **d > threshold) {
+        columns[i % w] += 1;
+        rows[i / w] += 1;
+    }
+    let n: usize = columns.iter().sum();
+    if n < 10 {
         return None;
     }
-    xs.sort_unstable();
-    ys.sort_unstable();
-    let at = |v: &[u32], q: f64| f64::from(v[(q * (v.len() - 1) as f64).round() as usize]);
-    let (x0, x1) = (at(&xs, TRIM), at(&xs, 1.0 - TRIM) + 1.0);
-    let (y0, y1) = (at(&ys, TRIM), at(&ys, 1.0 - TRIM) + 1.0);
+    let at = |counts: &[usize], q: f64| {
+        let k = (q * (n - 1) as f64).round() as usize;
+        let mut seen = 0;
+        let i = counts
+            .iter()
+            .position(|c| {
+                seen += c;
+                seen > k
+            })
+            .expect("k is below the total count");
+        i as f64
+    };
+    let (x0, x1) = (at(&columns, TRIM), at(&columns, 1.0 - TRIM) + 1.0);
+    let (y0, y1) = (at(&rows, TRIM), at(&rows, 1.0 - TRIM) + 1.0);
     Some(((x0, y0, x1, y1), MARGIN * (x1 - x0).max(y1 - y0)))
 }
 
@@ -377,7 +416,7 @@ fn redraw(
     ground: &Ground,
     threshold: f32,
     (x0, y0, x1, y1): (u32, u32, u32, u32),
-) -> RgbImage {
+) -> GrayImage {
     let (w, h) = image.dimensions();
     let mut distance = Vec::with_capacity(((x1 - x0) * (y1 - y0)) as usize);
     for y in y0..y1 {
@@ -400,12 +439,11 @@ fn redraw(
     // Half the threshold maps to white, so faint ink edges fade rather than vanish.
     let zero = threshold * 0.5;
     let span = (full.max(threshold + 1.0) - zero).max(1.0);
-    let grey = GrayImage::from_fn(x1 - x0, y1 - y0, |x, y| {
+    GrayImage::from_fn(x1 - x0, y1 - y0, |x, y| {
         let d = distance[(y * (x1 - x0) + x) as usize];
         let strength = ((d - zero) / span).clamp(0.0, 1.0);
         Luma([255 - (strength * 255.0).round() as u8])
-    });
-    image::DynamicImage::ImageLuma8(grey).into_rgb8()
+    })
 }
 
 #[cfg(test)]
