@@ -220,6 +220,11 @@ pub struct SearchResult {
     /// What the best match amounts to, under the engine's calibration.
     pub decision: Decision,
     pub timings: StageTimings,
+    /// The photo's own vectors, one per view, for callers that compare or keep
+    /// them (the benchmark ranks them exactly). Empty in a result read back from a
+    /// gRPC reply, which does not carry them.
+    #[serde(skip)]
+    pub query_views: Views,
 }
 
 /// A snapshot of the engine's state for `info` and the service's stats.
@@ -771,6 +776,7 @@ impl Engine {
                     matches,
                     decision,
                     timings,
+                    query_views: views,
                 })
             })
             .collect()

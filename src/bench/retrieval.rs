@@ -445,7 +445,7 @@ pub fn evaluate(
     let mut failures = Vec::new();
     let mut stages: [Vec<f64>; 5] = Default::default();
     // Pass 1, one photo at a time as a client would send it: the served search
-    // (timed per stage), then the query's vector.
+    // (timed per stage), which also hands back the query's vectors.
     let mut served = Vec::with_capacity(queries.len());
     for q in queries {
         let relevant = match relevance.of(&q.row) {
@@ -457,15 +457,9 @@ pub fn evaluate(
                 continue;
             }
         };
-        let searched = engine.search(&q.bytes, &options).and_then(|result| {
-            let views = engine
-                .embed(&[&q.bytes])
-                .pop()
-                .expect("one result per image")?;
-            Ok((result, views))
-        });
-        match searched {
-            Ok((result, views)) => {
+        match engine.search(&q.bytes, &options) {
+            Ok(mut result) => {
+                let views = std::mem::take(&mut result.query_views);
                 let t = &result.timings;
                 let sample = [
                     t.decode_ms,

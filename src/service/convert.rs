@@ -253,6 +253,7 @@ pub fn result_from_proto(reply: pb::SearchResponse) -> Result<SearchResult, Stat
             search_ms: t.search_ms,
             total_ms: t.total_ms,
         },
+        query_views: Vec::new(),
     })
 }
 
