@@ -1,33 +1,40 @@
 #!/usr/bin/env python3
-"""Learns the marklens projection head: a learned whitening (Radenovic et al.,
-"Fine-tuning CNN Image Retrieval with No Human Annotation", TPAMI 2018, section
-"learned whitening") of the frozen EfficientNet-Lite0 features, from synthetic
-photo / clean-mark pairs of the TRAINING split only, and appends it to the
-backbone as ONNX nodes.
+"""Learns the marklens projection head from synthetic photo / clean-mark pairs
+of the TRAINING split only, on top of the frozen EfficientNet-Lite0 features,
+and appends it to the backbone as ONNX nodes.
 
     features = MatMul(L2normalise(lite0(x)) - mean, P)      # [N, DIM]
 
-marklens L2-normalises the output again. The head does two things at once:
-it down-weights the directions in which a photo of a mark differs from its clean
-drawing (label, light, pose, blur: the "intra-class" covariance is whitened),
-and keeps the DIM directions in which different marks differ most (PCA of the
-whitened gallery), which also shrinks the vectors 5x for the index.
+marklens L2-normalises the output again. P is learned in two stages:
+
+1. learned whitening (Radenovic et al., "Fine-tuning CNN Image Retrieval with No
+   Human Annotation", TPAMI 2018), closed form: the directions in which a photo
+   of a mark differs from its clean drawing (label, light, pose, blur: the
+   "intra-class" covariance) are whitened so they stop counting, and the DIM
+   directions in which different marks differ most (PCA of the whitened gallery)
+   are kept, which also shrinks the vectors 5x for the index;
+2. a contrastive fine-tune from there (`refine`): each training photo against
+   every training gallery vector, a few epochs of Adam.
 
 Data recipe (all made by the benchmark tools, all from the training split):
 1. benches/dataset/build.py gallery ...           (the real marks; splits by brand hash)
-2. benches/dataset/build.py --jobs 1 queries --split train --per-level 700 \
-       --per-variant 100 --open 0 --out DATA/queries-train
-3. marklens --data-dir DB bench run --gallery DATA/gallery-real.csv \
-       --queries DATA/queries-train/queries.csv --out OUT --export OUT/vectors
-   (run with the base model: pass `--model models/efficientnet_lite0.onnx`
-   so the vectors are the backbone's, not an earlier head's)
-4. this script: --vectors OUT/vectors --gallery DATA/gallery-real.csv
+2. two photo sets of training marks (more photos, not more marks, is what helps):
+     benches/dataset/build.py --jobs 1 queries --split train --per-level 700 \
+         --per-variant 100 --open 0 --out DATA/queries-train
+     benches/dataset/build.py --jobs 2 queries --split train --per-level 1600 \
+         --per-variant 260 --open 0 --out DATA/queries-train2
+3. for each set Q: marklens --model models/efficientnet_lite0.onnx --data-dir DB \
+       bench run --gallery DATA/gallery-real.csv --queries DATA/Q/queries.csv \
+       --out OUT/Q --export OUT/Q/vectors
+   (the base model's vectors, not an earlier head's; one DB serves both sets)
+4. this script: --vectors OUT/queries-train/vectors OUT/queries-train2/vectors \
+       --gallery DATA/gallery-real.csv
 
-Only gallery marks whose split is `train` are used (for the mean and the PCA),
-and only query photos of train brands (for the pair differences), so no
-calibration or test brand is ever seen. The fit is closed-form (eigen-
-decompositions in float64); there is no randomness, so no seed is needed and
-the output is byte-identical for the same input.
+Only gallery marks whose split is `train` are used (for the mean, the PCA and
+the negatives), and only query photos of train brands (for the pairs), so no
+calibration or test brand is ever seen. Shrinkage, temperature, step and epochs
+were chosen on the calibration split. Everything runs in float64 and the batch
+order is seeded (`--seed`): the output is byte-identical from run to run.
 """
 import argparse
 import csv
@@ -64,6 +71,55 @@ def fit(gallery: np.ndarray, diffs: np.ndarray, dim: int, shrink: float):
     return mean, p1 @ evec2[:, order]
 
 
+def refine(mean, proj, gallery, brands, photos, pairs, args):
+    """Fine-tunes the projection so each photo's vector is nearest its own mark.
+
+    The loss is a softmax cross-entropy (InfoNCE, temperature `--tau`) of each
+    photo against every train gallery vector at once: the mark's closest view is
+    the positive, the other views of the photo's brand are left out, everything
+    else is a negative. Gradients are written out by hand (numpy, float64, through
+    both L2 normalisations) and applied with Adam. Starting from the learned
+    whitening, a few epochs are enough; more overfit the training photos.
+    """
+    rng = np.random.default_rng(args.seed)
+    xg = unit(gallery) - mean
+    xq = unit(photos[[i for i, _, _ in pairs]]) - mean
+    pos = np.array([j for _, j, _ in pairs])
+    own = np.array([b for _, _, b in pairs])
+    w = proj.copy()
+    step = args.lr * np.abs(proj).mean()  # Adam's step, relative to the weights' scale
+    m1, m2, t = np.zeros_like(w), np.zeros_like(w), 0
+    for epoch in range(args.epochs):
+        total = 0.0
+        order = rng.permutation(len(pairs))
+        for start in range(0, len(order), args.batch):
+            b = order[start:start + args.batch]
+            rows = np.arange(len(b))
+            zq, zg = xq[b] @ w, xg @ w
+            nq, ng = np.linalg.norm(zq, axis=1, keepdims=True), np.linalg.norm(zg, axis=1, keepdims=True)
+            yq, yg = zq / nq, zg / ng
+            logits = yq @ yg.T / args.tau
+            same = brands[None, :] == own[b][:, None]
+            same[rows, pos[b]] = False
+            logits[same] = -np.inf
+            logits -= logits.max(axis=1, keepdims=True)
+            p = np.exp(logits)
+            p /= p.sum(axis=1, keepdims=True)
+            total -= np.log(p[rows, pos[b]]).sum()
+            p[rows, pos[b]] -= 1.0
+            p /= len(b) * args.tau
+            dq, dg = p @ yg, p.T @ yq
+            dq = (dq - yq * (yq * dq).sum(1, keepdims=True)) / nq
+            dg = (dg - yg * (yg * dg).sum(1, keepdims=True)) / ng
+            grad = xq[b].T @ dq + xg.T @ dg
+            t += 1
+            m1 = 0.9 * m1 + 0.1 * grad
+            m2 = 0.999 * m2 + 0.001 * grad * grad
+            w -= step * (m1 / (1 - 0.9 ** t)) / (np.sqrt(m2 / (1 - 0.999 ** t)) + 1e-12)
+        print(f"epoch {epoch + 1}/{args.epochs}: loss {total / len(pairs):.4f}")
+    return w
+
+
 def append_head(base: Path, out: Path, mean: np.ndarray, proj: np.ndarray) -> None:
     model = onnx.load(str(base))
     g = model.graph
@@ -89,12 +145,18 @@ def append_head(base: Path, out: Path, mean: np.ndarray, proj: np.ndarray) -> No
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--vectors", type=Path, required=True, help="`bench run --export` folder")
+    ap.add_argument("--vectors", type=Path, nargs="+", required=True,
+                    help="`bench run --export` folders (one gallery, any number of query sets)")
     ap.add_argument("--gallery", type=Path, required=True, help="gallery manifest with a split column")
     ap.add_argument("--base", type=Path, default=HERE / "efficientnet_lite0.onnx")
     ap.add_argument("--out", type=Path, default=HERE / "lite0_lw256.onnx")
     ap.add_argument("--dim", type=int, default=256)
-    ap.add_argument("--shrink", type=float, default=0.4)
+    ap.add_argument("--shrink", type=float, default=0.2)
+    ap.add_argument("--epochs", type=int, default=4, help="contrastive fine-tuning epochs (0: whitening only)")
+    ap.add_argument("--tau", type=float, default=0.1, help="softmax temperature of the fine-tuning")
+    ap.add_argument("--lr", type=float, default=3e-2, help="Adam step, as a share of the mean |weight|")
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--seed", type=int, default=0, help="order of the fine-tuning batches")
     ap.add_argument("--in-dim", type=int, default=1280)
     args = ap.parse_args()
 
@@ -102,27 +164,37 @@ def main() -> None:
         rows = list(csv.DictReader(fh))
     split = {r["mark_id"]: r["split"] for r in rows}
     brand = {r["mark_id"]: r["brand"] for r in rows}
-    ids = (args.vectors / "gallery.ids").read_text().split("\n")[:-1]
-    gal = read_f32(args.vectors / "gallery.f32", args.in_dim)
+    first = args.vectors[0]
+    ids = (first / "gallery.ids").read_text().split("\n")[:-1]
+    gal = read_f32(first / "gallery.f32", args.in_dim)
     train_rows = [i for i, m in enumerate(ids) if split.get(m) == "train"]
     by_mark: dict[str, list[int]] = {}
     for i in train_rows:
         by_mark.setdefault(ids[i], []).append(i)
 
-    qmeta = list(csv.DictReader(open(args.vectors / "queries.tsv"), delimiter="\t"))
-    qvec = read_f32(args.vectors / "queries.f32", args.in_dim)
-    diffs = []
-    for q, v in zip(qmeta, qvec):
+    qmeta, qvec = [], []
+    for d in args.vectors:
+        if (d / "gallery.ids").read_text().split("\n")[:-1] != ids:
+            raise SystemExit(f"{d} was exported from another gallery than {first}")
+        qmeta += list(csv.DictReader(open(d / "queries.tsv"), delimiter="\t"))
+        qvec.append(read_f32(d / "queries.f32", args.in_dim))
+    qvec = np.concatenate(qvec)
+    row_of = {i: k for k, i in enumerate(train_rows)}
+    pairs = []  # (photo, its mark's closest train gallery row, brand)
+    for n, (q, v) in enumerate(zip(qmeta, qvec)):
         m = q["expected_mark_id"]
         if split.get(m) != "train" or m not in by_mark:
             continue  # not a train photo: never used
-        g = gal[by_mark[m]]
-        diffs.append(v - g[np.argmax(g @ v)])  # the mark's closest view
-    diffs = np.array(diffs)
+        views = by_mark[m]
+        pairs.append((n, row_of[views[int(np.argmax(gal[views] @ v))]], brand[m]))
     train = gal[train_rows]
+    diffs = np.array([qvec[i] - train[j] for i, j, _ in pairs])
     print(f"fit on {len(train)} train gallery vectors ({len(by_mark)} marks, "
           f"{len({brand[m] for m in by_mark})} brands) and {len(diffs)} train photo pairs")
     mean, proj = fit(train, diffs, args.dim, args.shrink)
+    if args.epochs:
+        brands = np.array([brand[ids[i]] for i in train_rows])
+        proj = refine(mean, proj, train, brands, qvec, pairs, args)
     append_head(args.base, args.out, mean, proj)
     digest = hashlib.sha256(args.out.read_bytes()).hexdigest()
     print(f"wrote {args.out} ({args.out.stat().st_size} bytes) sha256 {digest}")
