@@ -230,9 +230,8 @@ def crop_to_ink(view: np.ndarray) -> np.ndarray:
     at = lambda v, q: float(v[int(rnd(q * (len(v) - 1)))])  # noqa: E731
     x0, y0, x1, y1 = at(xs, TRIM), at(ys, TRIM), at(xs, 1 - TRIM) + 1, at(ys, 1 - TRIM) + 1
     m = MARGIN * max(x1 - x0, y1 - y0)
-    cl = lambda v, n: int(min(max(rnd(v), 0), n))  # noqa: E731
-    cx0, cy0, cx1, cy1 = cl(x0 - m, w), cl(y0 - m, h), cl(x1 + m, w), cl(y1 + m, h)
-    return view if cx1 <= cx0 or cy1 <= cy0 else view[cy0:cy1, cx0:cx1]
+    cx0, cy0, cx1, cy1 = scale_box((x0 - m, y0 - m, x1 + m, y1 + m), 1.0, w, h)
+    return view[cy0:cy1, cx0:cx1]
 
 
 def upright(view: np.ndarray) -> np.ndarray:

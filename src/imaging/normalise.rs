@@ -403,7 +403,12 @@ pub(super) fn ink_box(
 
 /// A work-pixel box scaled by `scale` to full-image pixels and clamped to it;
 /// never empty.
-fn scale_box(b: (f64, f64, f64, f64), scale: f64, w: u32, h: u32) -> (u32, u32, u32, u32) {
+pub(super) fn scale_box(
+    b: (f64, f64, f64, f64),
+    scale: f64,
+    w: u32,
+    h: u32,
+) -> (u32, u32, u32, u32) {
     let clamp = |v: f64, n: u32| (v * scale).round().clamp(0.0, f64::from(n)) as u32;
     let (x0, y0) = (clamp(b.0, w).min(w - 1), clamp(b.1, h).min(h - 1));
     let (x1, y1) = (clamp(b.2, w).max(x0 + 1), clamp(b.3, h).max(y0 + 1));

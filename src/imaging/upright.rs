@@ -19,7 +19,7 @@
 
 use image::{GrayImage, Luma};
 
-use super::normalise::{downscale_grey, ink_box};
+use super::normalise::{downscale_grey, ink_box, scale_box};
 
 /// Side of the copy on which the tilt is measured.
 const SKEW_SIDE: u32 = 128;
@@ -143,12 +143,12 @@ fn crop_to_ink(view: GrayImage) -> GrayImage {
     let Some(((x0, y0, x1, y1), margin)) = ink_box(&strength, w, CROP_INK) else {
         return view;
     };
-    let clamp = |v: f64, n: u32| v.round().clamp(0.0, f64::from(n)) as u32;
-    let (cx0, cy0) = (clamp(x0 - margin, w), clamp(y0 - margin, h));
-    let (cx1, cy1) = (clamp(x1 + margin, w), clamp(y1 + margin, h));
-    if cx1 <= cx0 || cy1 <= cy0 {
-        return view;
-    }
+    let (cx0, cy0, cx1, cy1) = scale_box(
+        (x0 - margin, y0 - margin, x1 + margin, y1 + margin),
+        1.0,
+        w,
+        h,
+    );
     image::imageops::crop_imm(&view, cx0, cy0, cx1 - cx0, cy1 - cy0).to_image()
 }
 
