@@ -24,12 +24,13 @@ use sha2::{Digest, Sha256};
 
 use crate::decision::{self, Calibration, Decision, Labelled};
 use crate::embed::{Backend, BackendChoice, EmbedError, Embedder, ModelSpec};
-use crate::imaging::{self, ImageError, Limits};
+use crate::imaging::{self, ImageError, Keypoints, Limits};
 use crate::index::{ExactIndex, HnswIndex, HnswParams, VectorIndex};
 use crate::store::{
     IndexDelta, ListQuery, MarkFields, MarkRecord, MarkStatus, NewMark, PutOutcome, Store,
     StoreError, VectorOwner,
 };
+use crate::verify;
 
 /// File name of the database inside a data directory.
 pub const DB_FILE: &str = "marks.db";
@@ -177,8 +178,8 @@ impl SearchFilter {
 pub struct SearchOptions {
     /// Matches to return (1..=[`MAX_TOP_K`]).
     pub top_k: usize,
-    /// Drop matches scoring below this cosine similarity (-1: keep every match;
-    /// with the whitening head, unrelated marks score around 0 and below).
+    /// Drop matches whose score is below this (-1: keep every match; with the
+    /// whitening head, unrelated marks score around 0 and below).
     pub min_score: f32,
     pub filter: SearchFilter,
 }
@@ -198,8 +199,14 @@ impl Default for SearchOptions {
 pub struct Match {
     /// 1 for the best match.
     pub rank: usize,
-    /// Cosine similarity of the best view of the mark, in -1..=1.
+    /// What matches are ranked and decided by: `similarity` plus a bonus of up to
+    /// [`verify::WEIGHT`] for `inliers` ([`verify::fuse`]).
     pub score: f32,
+    /// Cosine similarity of the best view of the mark, in -1..=1.
+    pub similarity: f32,
+    /// Corners of the photo matched to the mark's that one similarity transform
+    /// carries onto each other ([`verify`]); 0 when not verified.
+    pub inliers: u32,
     pub record: MarkRecord,
 }
 
@@ -209,7 +216,10 @@ pub struct StageTimings {
     pub decode_ms: f64,
     pub preprocess_ms: f64,
     pub embed_ms: f64,
+    /// Index lookup and verification together.
     pub search_ms: f64,
+    /// Of `search_ms`, the geometric verification of the first candidates.
+    pub verify_ms: f64,
     pub total_ms: f64,
 }
 
@@ -225,6 +235,10 @@ pub struct SearchResult {
     /// gRPC reply, which does not carry them.
     #[serde(skip)]
     pub query_views: Views,
+    /// The photo's keypoints, one set per view, likewise (the benchmark verifies
+    /// its exact candidates with them). Empty in a result read back from gRPC.
+    #[serde(skip)]
+    pub query_keypoints: Vec<Keypoints>,
 }
 
 /// A snapshot of the engine's state for `info` and the service's stats.
@@ -248,10 +262,49 @@ pub struct EngineInfo {
 /// The unit vectors of an image's views (one or more, see [`imaging::Framing`]).
 pub type Views = Vec<Vec<f32>>;
 
+/// A candidate after verification ([`Engine::verify_candidates`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verified {
+    pub mark_id: Arc<str>,
+    /// Fused: what the candidate ranks by.
+    pub score: f32,
+    pub similarity: f32,
+    pub inliers: u32,
+}
+
+/// An image's views, embedded, with their keypoints.
+struct Embedded {
+    views: Views,
+    keypoints: Vec<Keypoints>,
+    format: String,
+}
+
+/// Keypoints in their stored form, one blob per view.
+fn encode(keypoints: &[Keypoints]) -> Vec<Vec<u8>> {
+    keypoints.iter().map(Keypoints::to_bytes).collect()
+}
+
+/// Stored keypoint blobs back into keypoints; a blob that does not parse is
+/// skipped (logged): the mark is then ranked by similarity alone.
+fn decode(mark_id: &str, blobs: Vec<Vec<u8>>) -> Vec<Keypoints> {
+    blobs
+        .iter()
+        .filter_map(|b| {
+            let k = Keypoints::from_bytes(b);
+            if k.is_none() {
+                tracing::warn!(mark_id, bytes = b.len(), "stored keypoints do not parse");
+            }
+            k
+        })
+        .collect()
+}
+
 /// A decoded, preprocessed image ready for the model.
 struct Prepared {
     /// One row per view of the image (see [`imaging::Framing`]).
     tensor: Array4<f32>,
+    /// One set per view.
+    keypoints: Vec<Keypoints>,
     format: String,
     timings: StageTimings,
 }
@@ -440,6 +493,7 @@ impl Engine {
                     image_sha256: sha,
                     image_format: String::new(),
                     views: Vec::new(),
+                    keypoints: Vec::new(),
                 },
                 needs_model,
             ));
@@ -452,9 +506,11 @@ impl Engine {
             let embedded = self.embed_images(&images);
             for (&p, outcome) in chunk.iter().zip(embedded) {
                 match outcome {
-                    Ok((views, format)) => {
-                        prepared[p].1.views = views;
-                        prepared[p].1.image_format = format;
+                    Ok(embedded) => {
+                        let mark = &mut prepared[p].1;
+                        mark.keypoints = encode(&embedded.keypoints);
+                        mark.views = embedded.views;
+                        mark.image_format = embedded.format;
                     }
                     Err(e) => results[prepared[p].0] = Some(Err(e)),
                 }
@@ -536,6 +592,7 @@ impl Engine {
                 fields: request.fields,
                 image: request.image,
                 views: vec![crate::embed::normalised(&vector)],
+                keypoints: Vec::new(),
             });
         }
         let (outcomes, delta) = self
@@ -556,9 +613,10 @@ impl Engine {
                 let t0 = Instant::now();
                 let image = imaging::decode(bytes, &limits)?;
                 let t1 = Instant::now();
-                let tensor = pre.input(&image.image);
+                let input = pre.input(&image.image);
                 Ok(Prepared {
-                    tensor,
+                    tensor: input.tensor,
+                    keypoints: input.keypoints,
                     format: format_name(image.format),
                     timings: StageTimings {
                         decode_ms: ms(t1 - t0),
@@ -595,8 +653,8 @@ impl Engine {
     }
 
     /// Decodes, preprocesses and embeds images as one model batch. Returns each
-    /// image's view vectors and format name, or why that image failed.
-    fn embed_images(&self, images: &[&[u8]]) -> Vec<Result<(Views, String), EngineError>> {
+    /// image's views and format name, or why that image failed.
+    fn embed_images(&self, images: &[&[u8]]) -> Vec<Result<Embedded, EngineError>> {
         let prepared = self.prepare(images);
         let mut vectors = match self.embed_prepared(&prepared) {
             Ok((vectors, _)) => vectors.into_iter(),
@@ -604,7 +662,13 @@ impl Engine {
         };
         prepared
             .into_iter()
-            .map(|p| p.map(|p| (vectors.next().expect("views per image"), p.format)))
+            .map(|p| {
+                p.map(|p| Embedded {
+                    views: vectors.next().expect("views per image"),
+                    keypoints: p.keypoints,
+                    format: p.format,
+                })
+            })
             .collect()
     }
 
@@ -764,11 +828,16 @@ impl Engine {
         prepared
             .into_iter()
             .map(|p| {
-                let mut timings = p?.timings;
+                let Prepared {
+                    mut timings,
+                    keypoints,
+                    ..
+                } = p?;
                 let views = vectors.next().expect("views per image");
                 let search_start = Instant::now();
-                let matches = self.rank(&views, options)?;
+                let (matches, verify_ms) = self.rank(&views, &keypoints, options)?;
                 timings.embed_ms = embed_ms;
+                timings.verify_ms = verify_ms;
                 timings.search_ms = ms(search_start.elapsed());
                 timings.total_ms = ms(batch_start.elapsed());
                 let decision = self.decide(matches.first().map(|m| m.score));
@@ -777,6 +846,7 @@ impl Engine {
                     decision,
                     timings,
                     query_views: views,
+                    query_keypoints: keypoints,
                 })
             })
             .collect()
@@ -796,14 +866,26 @@ impl Engine {
                 self.embedder.dim()
             )));
         }
-        self.rank(&[vector.to_vec()], options)
+        Ok(self.rank(&[vector.to_vec()], &[], options)?.0)
     }
 
     /// Candidates from the index for each view of the query, grouped by mark (the
-    /// best pair of query view and mark view wins), filtered, thresholded and
-    /// joined with their records.
-    fn rank(&self, views: &[Vec<f32>], options: &SearchOptions) -> Result<Vec<Match>, EngineError> {
+    /// best pair of query view and mark view wins), filtered, verified against the
+    /// query's keypoints when it has any ([`verify`]), thresholded and joined with
+    /// their records. Also returns the time verification took, in milliseconds.
+    fn rank(
+        &self,
+        views: &[Vec<f32>],
+        keypoints: &[Keypoints],
+        options: &SearchOptions,
+    ) -> Result<(Vec<Match>, f64), EngineError> {
         let holder = options.filter.holder.as_ref().map(|h| h.to_lowercase());
+        // Verification may lift any of the first DEPTH candidates to the top.
+        let wanted = if keypoints.is_empty() {
+            options.top_k
+        } else {
+            options.top_k.max(verify::DEPTH)
+        };
         let best: Vec<(Arc<str>, f32)> = {
             let searchable = self.read_searchable();
             let owners = &searchable.owners;
@@ -813,39 +895,88 @@ impl Engine {
                         .get(&label)
                         .is_some_and(|o| o.passes(&options.filter, holder.as_deref()))
             };
-            // Several views of a mark may rank together: fetch enough to fill top_k
-            // with distinct marks.
-            let fetch = options.top_k * 4;
+            // Several views of a mark may rank together: fetch enough to fill the
+            // list with distinct marks.
+            let fetch = wanted * 4;
             let mut best: HashMap<Arc<str>, f32> = HashMap::new();
             for view in views {
                 for hit in searchable.index.search(view, fetch, &accept) {
                     let Some(owner) = owners.get(&hit.label) else {
                         continue;
                     };
-                    if hit.score >= options.min_score {
-                        let score = best.entry(owner.mark_id.clone()).or_insert(hit.score);
-                        *score = score.max(hit.score);
-                    }
+                    let score = best.entry(owner.mark_id.clone()).or_insert(hit.score);
+                    *score = score.max(hit.score);
                 }
             }
             let mut best: Vec<(Arc<str>, f32)> = best.into_iter().collect();
             best.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-            best.truncate(options.top_k);
+            best.truncate(wanted);
             best
         };
+        let started = Instant::now();
+        let mut ranked = self.verify_candidates(keypoints, best)?;
+        let verify_ms = ms(started.elapsed());
+        ranked.retain(|c| c.score >= options.min_score);
+        ranked.truncate(options.top_k);
         let store = self.lock_store();
-        let mut matches = Vec::with_capacity(best.len());
-        for (id, score) in best {
+        let mut matches = Vec::with_capacity(ranked.len());
+        for c in ranked {
             // A mark removed between the index read and here is simply skipped.
-            if let Some(record) = store.get(&id)? {
+            if let Some(record) = store.get(&c.mark_id)? {
                 matches.push(Match {
                     rank: matches.len() + 1,
-                    score,
+                    score: c.score,
+                    similarity: c.similarity,
+                    inliers: c.inliers,
                     record,
                 });
             }
         }
-        Ok(matches)
+        Ok((matches, verify_ms))
+    }
+
+    /// Verifies the first [`verify::DEPTH`] of `candidates` (mark ids with their
+    /// cosine similarity, best first) against a photo's keypoints and orders all of
+    /// them by fused score, best first. Without keypoints the order is the
+    /// similarity's. The benchmark calls this on its exact candidates.
+    pub fn verify_candidates(
+        &self,
+        keypoints: &[Keypoints],
+        candidates: Vec<(Arc<str>, f32)>,
+    ) -> Result<Vec<Verified>, EngineError> {
+        let stored: Vec<Vec<Keypoints>> = if keypoints.is_empty() {
+            Vec::new()
+        } else {
+            let store = self.lock_store();
+            candidates
+                .iter()
+                .take(verify::DEPTH)
+                .map(|(id, _)| Ok(decode(id, store.keypoints_of(id)?)))
+                .collect::<Result<_, EngineError>>()?
+        };
+        let inliers: Vec<u32> = stored
+            .par_iter()
+            .map(|mark| verify::inliers(keypoints, mark))
+            .collect();
+        let mut out: Vec<Verified> = candidates
+            .into_iter()
+            .enumerate()
+            .map(|(i, (mark_id, similarity))| {
+                let inliers = inliers.get(i).copied().unwrap_or(0);
+                Verified {
+                    score: verify::fuse(similarity, inliers),
+                    mark_id,
+                    similarity,
+                    inliers,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then_with(|| a.mark_id.cmp(&b.mark_id))
+        });
+        Ok(out)
     }
 
     /// The decision for a search whose best match scored `top`.
@@ -931,7 +1062,7 @@ impl Engine {
         images
             .chunks(EMBED_BATCH)
             .flat_map(|chunk| self.embed_images(chunk))
-            .map(|r| r.map(|(views, _)| views))
+            .map(|r| r.map(|e| e.views))
             .collect()
     }
 
@@ -985,8 +1116,13 @@ impl Engine {
             };
             let refs: Vec<&[u8]> = images.iter().map(Vec::as_slice).collect();
             for (id, embedded) in chunk.iter().zip(self.embed_images(&refs)) {
-                let (views, _) = embedded?;
-                let delta = self.lock_store().replace_views(id, &views, &fingerprint)?;
+                let e = embedded?;
+                let delta = self.lock_store().replace_views(
+                    id,
+                    &e.views,
+                    &encode(&e.keypoints),
+                    &fingerprint,
+                )?;
                 self.apply(&delta, &[id.as_str()])?;
             }
             progress((done * EMBED_BATCH + chunk.len()).min(total), total);

@@ -2,10 +2,13 @@
 //!
 //! Data flows one way through the modules, each using only those listed before it:
 //!
-//! - [`imaging`]: bytes -> decoded, upright RGB image -> model input tensor
+//! - [`seeded`]: the seeded generator the deterministic steps share
+//! - [`imaging`]: bytes -> decoded image -> upright views -> model input tensor
+//!   and keypoints
 //! - [`embed`]: tensor -> unit embedding vector (ONNX Runtime or tract)
 //! - [`index`]: vector -> nearest labelled vectors (exact or HNSW)
 //! - [`store`]: the recorded marks in SQLite, the source of truth
+//! - [`verify`]: keypoints of photo and candidates -> inliers -> re-ranked candidates
 //! - [`decision`]: calibrated thresholds turning a best score into match / possible / no match
 //! - [`engine`]: the front door that ties them together: enrol, remove, search
 //! - [`report`]: screening reports (JSON, CSV, HTML) over search results
@@ -22,8 +25,10 @@ pub mod engine;
 pub mod imaging;
 pub mod index;
 pub mod report;
+pub mod seeded;
 pub mod service;
 pub mod store;
+pub mod verify;
 
 pub use engine::{
     Engine, EngineConfig, EngineError, EngineInfo, EnrollOutcome, EnrollRequest, IndexChoice,

@@ -121,9 +121,11 @@ fn enroll_search_screen_and_manage_marks() {
                 );
                 assert!(
                     rows.iter()
-                        .any(|r| &r[4] == ids[2].as_str() && &r[2] == "1")
+                        .any(|r| &r[6] == ids[2].as_str() && &r[2] == "1")
                 );
-                assert!(rows.iter().any(|r| !r[13].is_empty()));
+                assert!(rows.iter().any(|r| !r[15].is_empty()));
+                assert_eq!(&headers[4], "similarity");
+                assert_eq!(&headers[5], "inliers");
             }
             _ => {
                 assert!(text.starts_with("<!doctype html>"));

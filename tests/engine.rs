@@ -367,7 +367,7 @@ fn calibration_decides_searches_and_survives_restart() {
         );
         assert_eq!(c.gallery, marks.len());
         assert!(
-            c.no_match_below <= c.match_from && c.match_from <= 1.0,
+            c.no_match_below <= c.match_from && c.match_from <= 1.0 + marklens::verify::WEIGHT,
             "{c:?}"
         );
         // A clean copy of a recorded mark is a match.
@@ -398,4 +398,86 @@ fn calibration_decides_searches_and_survives_restart() {
     assert_eq!(engine.calibration(), Some(calibration));
     let result = engine.search(&clean, &SearchOptions::default()).unwrap();
     assert_eq!(result.decision, Decision::Match);
+}
+
+#[test]
+fn verification_lifts_the_mark_whose_corners_line_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path());
+    enroll_all(&engine, &gallery());
+    let manifest = std::fs::read_to_string(fixtures().join("queries-bench.csv")).unwrap();
+    let (mut photos, mut mark_ahead, mut verified_gain) = (0, 0, 0);
+    for line in manifest.lines().skip(1) {
+        let cols: Vec<&str> = line.splitn(4, ',').collect();
+        let (file, expected, level) = (cols[0], cols[1], cols[2]);
+        if expected.is_empty() || !["clean", "easy", "medium"].contains(&level) {
+            continue;
+        }
+        let image = std::fs::read(fixtures().join(file)).unwrap();
+        let result = engine.search(&image, &SearchOptions::default()).unwrap();
+        assert!(result.timings.verify_ms > 0.0);
+        assert!(result.timings.verify_ms <= result.timings.search_ms);
+        for pair in result.matches.windows(2) {
+            assert!(pair[0].score >= pair[1].score, "ranked by score");
+        }
+        for m in &result.matches {
+            assert_eq!(m.score, marklens::verify::fuse(m.similarity, m.inliers));
+        }
+        let Some(mark) = result.matches.iter().find(|m| m.record.id == expected) else {
+            continue;
+        };
+        photos += 1;
+        let others = result
+            .matches
+            .iter()
+            .filter(|m| m.record.id != expected)
+            .map(|m| m.inliers)
+            .max()
+            .unwrap_or(0);
+        mark_ahead += usize::from(mark.inliers > others);
+        verified_gain += usize::from(mark.inliers > 0);
+    }
+    assert!(
+        photos >= 50,
+        "{photos} photos found their mark in the top 5"
+    );
+    // The recorded mark's corners line up with the photo's far more often than a
+    // lookalike's do.
+    assert!(mark_ahead * 10 >= photos * 7, "{mark_ahead} of {photos}");
+    assert!(
+        verified_gain * 10 >= photos * 9,
+        "{verified_gain} of {photos}"
+    );
+
+    // A mark recorded with a vector computed elsewhere has no keypoints: it is
+    // ranked by similarity alone.
+    let (id, path) = &gallery()[0];
+    let vector = engine
+        .embed(&[&std::fs::read(path).unwrap()])
+        .remove(0)
+        .unwrap()[0]
+        .clone();
+    engine
+        .enroll_embedded(vec![(
+            EnrollRequest {
+                id: "imported".into(),
+                fields: MarkFields::default(),
+                image: b"imported elsewhere".to_vec(),
+                create_only: true,
+            },
+            vector,
+        )])
+        .unwrap();
+    let result = engine
+        .search(&std::fs::read(path).unwrap(), &SearchOptions::default())
+        .unwrap();
+    let imported = result
+        .matches
+        .iter()
+        .find(|m| m.record.id == "imported")
+        .unwrap();
+    let own = result.matches.iter().find(|m| &m.record.id == id).unwrap();
+    assert_eq!(imported.inliers, 0);
+    assert_eq!(imported.score, imported.similarity);
+    assert!(own.inliers > 0 && own.rank < imported.rank);
 }

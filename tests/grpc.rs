@@ -199,7 +199,13 @@ async fn every_rpc_over_loopback() {
         .into_inner();
     assert_eq!(found.matches[0].mark.as_ref().unwrap().id, marks[5].0);
     assert_eq!(found.matches.len(), 3);
-    assert!(found.timings.unwrap().embed_ms > 0.0);
+    let timings = found.timings.unwrap();
+    assert!(timings.embed_ms > 0.0);
+    assert!(timings.verify_ms > 0.0 && timings.verify_ms <= timings.search_ms);
+    // Verified: its corners line up with themselves, and the score carries it.
+    let best = &found.matches[0];
+    assert!(best.inliers > 0 && best.similarity > 0.99);
+    assert!(best.score > best.similarity);
     // No calibration in this data directory: the reply says so.
     assert_eq!(found.decision(), pb::Decision::Uncalibrated);
     let bad = matcher
@@ -512,6 +518,14 @@ async fn grpcurl_sees_health_reflection_enroll_and_search() {
     let reply: serde_json::Value = serde_json::from_str(&found).unwrap();
     assert_eq!(reply["matches"][0]["mark"]["id"], id.as_str());
     assert_eq!(reply["matches"][0]["mark"]["fields"]["name"], "via grpcurl");
+    assert!(
+        reply["matches"][0]["inliers"].as_u64().unwrap() > 0,
+        "{found}"
+    );
+    assert!(
+        reply["matches"][0]["similarity"].as_f64().unwrap() > 0.99,
+        "{found}"
+    );
     assert_eq!(reply["decision"], "DECISION_UNCALIBRATED");
     server.stop().await;
 }

@@ -27,6 +27,7 @@ use super::metrics::{
 use crate::decision::Decision;
 use crate::engine::{Engine, EngineError, LabelledPhoto, SearchOptions, Views};
 use crate::index::{HnswIndex, HnswParams, VectorIndex, dot};
+use crate::verify;
 
 /// Why the benchmark could not run.
 #[derive(Debug, thiserror::Error)]
@@ -247,6 +248,41 @@ fn top(scores: &[f32], k: usize) -> Vec<u32> {
     order
 }
 
+/// `exact` with its top [`verify::DEPTH`] marks re-ranked by the engine's
+/// verification against the query's keypoints: relevant marks among them take
+/// their new places, those further down keep theirs, and the top score becomes
+/// the fused one.
+fn verify_top(
+    engine: &Engine,
+    gallery: &GalleryVectors,
+    scores: &[f32],
+    keypoints: &[crate::imaging::Keypoints],
+    relevant: &[u32],
+    exact: &QueryOutcome,
+) -> Result<QueryOutcome, BenchError> {
+    let first = top(scores, verify::DEPTH);
+    let candidates = first
+        .iter()
+        .map(|&m| (gallery.marks[m as usize].clone(), scores[m as usize]))
+        .collect();
+    let ranked = engine.verify_candidates(keypoints, candidates)?;
+    let relevant_ranks = relevant
+        .iter()
+        .zip(&exact.relevant_ranks)
+        .map(|(&m, &r)| {
+            let id = &gallery.marks[m as usize];
+            ranked
+                .iter()
+                .position(|c| &c.mark_id == id)
+                .map_or(r, |p| p + 1)
+        })
+        .collect();
+    Ok(QueryOutcome {
+        relevant_ranks,
+        top_score: ranked.first().map_or(exact.top_score, |c| c.score),
+    })
+}
+
 /// Which gallery marks each query counts as a hit.
 pub struct Relevance {
     by_brand: HashMap<String, Vec<u32>>,
@@ -324,6 +360,8 @@ pub struct StageLatency {
     pub preprocess: Percentiles,
     pub embed: Percentiles,
     pub search: Percentiles,
+    /// Of `search`, the geometric verification.
+    pub verify: Percentiles,
     pub total: Percentiles,
 }
 
@@ -352,7 +390,10 @@ pub struct IndexSweep {
 #[derive(Debug, Clone, Serialize)]
 pub struct GroupResult {
     pub group: String,
+    /// The global embedding alone, ranking the whole gallery.
     pub exact: RetrievalSummary,
+    /// The exact top 10 re-ranked by geometric verification.
+    pub verified: RetrievalSummary,
     pub served: RetrievalSummary,
 }
 
@@ -366,8 +407,11 @@ pub struct Evaluation {
     pub open_set_queries: usize,
     /// Per group (levels, variant kinds) and "all" (every closed-set query).
     pub groups: Vec<GroupResult>,
-    /// "No match" decision at 1% and 0.1% false-positive rate.
+    /// "No match" decision at 1% and 0.1% false-positive rate, on the verified
+    /// scores (what the engine ranks and decides by).
     pub open_set: Vec<OpenSetPoint>,
+    /// The same on the global embedding's scores alone.
+    pub open_set_embedding: Vec<OpenSetPoint>,
     pub stages: StageLatency,
     /// The index alone against exact search, when `ef` values were given.
     pub index_sweep: Option<IndexSweep>,
@@ -422,6 +466,8 @@ struct Scored {
     decision: Decision,
     top_correct: bool,
     outcome: QueryOutcome,
+    /// `outcome` with its top 10 re-ranked by verification.
+    verified: QueryOutcome,
     /// The 10 best gallery rows for the query's first view, for the index's
     /// recall.
     exact_rows: Vec<u32>,
@@ -443,7 +489,7 @@ pub fn evaluate(
         ..SearchOptions::default()
     };
     let mut failures = Vec::new();
-    let mut stages: [Vec<f64>; 5] = Default::default();
+    let mut stages: [Vec<f64>; 6] = Default::default();
     // Pass 1, one photo at a time as a client would send it: the served search
     // (timed per stage), which also hands back the query's vectors.
     let mut served = Vec::with_capacity(queries.len());
@@ -460,12 +506,14 @@ pub fn evaluate(
         match engine.search(&q.bytes, &options) {
             Ok(mut result) => {
                 let views = std::mem::take(&mut result.query_views);
+                let keypoints = std::mem::take(&mut result.query_keypoints);
                 let t = &result.timings;
                 let sample = [
                     t.decode_ms,
                     t.preprocess_ms,
                     t.embed_ms,
                     t.search_ms,
+                    t.verify_ms,
                     t.total_ms,
                 ];
                 for (stage, v) in stages.iter_mut().zip(sample) {
@@ -478,7 +526,7 @@ pub fn evaluate(
                     .collect();
                 let outcome = served_outcome(&ids, &relevant, gallery, &result_top(&result));
                 let decided = (result.decision, outcome.relevant_ranks.contains(&1));
-                served.push(Some((relevant, outcome, views, decided)));
+                served.push(Some((relevant, outcome, (views, keypoints), decided)));
             }
             Err(e) => {
                 failures.push((q.row.file.clone(), e.to_string()));
@@ -487,36 +535,43 @@ pub fn evaluate(
         }
         progress();
     }
-    // Pass 2, in parallel: exact ranks against every gallery vector.
+    // Pass 2, in parallel: exact ranks against every gallery vector, then the
+    // exact top 10 verified.
     let scored: Vec<Option<Scored>> = served
         .into_par_iter()
         .map(|s| {
-            s.map(|(relevant, served, views, (decision, top_correct))| {
-                let rows = gallery.row_scores(&views);
-                let scores = gallery.mark_scores(&rows);
-                let outcome = QueryOutcome {
-                    relevant_ranks: relevant
-                        .iter()
-                        .map(|&m| rank_of(&scores, m as usize))
-                        .collect(),
-                    top_score: scores.iter().copied().fold(f32::NEG_INFINITY, f32::max),
-                };
-                let first = if views.len() == 1 {
-                    rows
-                } else {
-                    gallery.row_scores(&views[..1])
-                };
-                Scored {
-                    decision,
-                    top_correct,
-                    exact_rows: top(&first, 10),
-                    outcome,
-                    served,
-                    views,
-                }
-            })
+            s.map(
+                |(relevant, served, (views, keypoints), (decision, top_correct))| {
+                    let rows = gallery.row_scores(&views);
+                    let scores = gallery.mark_scores(&rows);
+                    let outcome = QueryOutcome {
+                        relevant_ranks: relevant
+                            .iter()
+                            .map(|&m| rank_of(&scores, m as usize))
+                            .collect(),
+                        top_score: scores.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+                    };
+                    let verified =
+                        verify_top(engine, gallery, &scores, &keypoints, &relevant, &outcome)?;
+                    let first = if views.len() == 1 {
+                        rows
+                    } else {
+                        gallery.row_scores(&views[..1])
+                    };
+                    Ok(Scored {
+                        decision,
+                        top_correct,
+                        exact_rows: top(&first, 10),
+                        outcome,
+                        verified,
+                        served,
+                        views,
+                    })
+                },
+            )
+            .transpose()
         })
-        .collect();
+        .collect::<Result<_, BenchError>>()?;
 
     let ok: Vec<(&Query, &Scored)> = queries
         .iter()
@@ -524,20 +579,21 @@ pub fn evaluate(
         .filter_map(|(q, s)| s.as_ref().map(|s| (q, s)))
         .collect();
     let groups = group_results(&ok, gallery.marks.len());
-    let recorded: Vec<f32> = ok
-        .iter()
-        .filter(|(_, s)| !s.outcome.is_open_set())
-        .map(|(_, s)| s.outcome.top_score)
-        .collect();
-    let unrecorded: Vec<f32> = ok
-        .iter()
-        .filter(|(_, s)| s.outcome.is_open_set())
-        .map(|(_, s)| s.outcome.top_score)
-        .collect();
-    let open_set = [0.01, 0.001]
-        .iter()
-        .filter_map(|&fpr| open_set_point(&recorded, &unrecorded, fpr))
-        .collect();
+    let open_set_of = |outcome: fn(&Scored) -> &QueryOutcome| -> Vec<OpenSetPoint> {
+        let (unrecorded, recorded): (Vec<&QueryOutcome>, Vec<&QueryOutcome>) = ok
+            .iter()
+            .map(|(_, s)| outcome(s))
+            .partition(|o| o.is_open_set());
+        let tops = |o: Vec<&QueryOutcome>| o.iter().map(|o| o.top_score).collect::<Vec<_>>();
+        let (recorded, unrecorded) = (tops(recorded), tops(unrecorded));
+        [0.01, 0.001]
+            .iter()
+            .filter_map(|&fpr| open_set_point(&recorded, &unrecorded, fpr))
+            .collect()
+    };
+    let open_set = open_set_of(|s| &s.verified);
+    let open_set_embedding = open_set_of(|s| &s.outcome);
+    let open_set_queries = ok.iter().filter(|(_, s)| s.outcome.is_open_set()).count();
 
     let index = engine.info()?.index.to_owned();
     let index_sweep = (!config.ef_values.is_empty())
@@ -545,21 +601,23 @@ pub fn evaluate(
     if let Some(dir) = &config.export {
         export_queries(dir, &ok, gallery.dim)?;
     }
-    let [decode, preprocess, embed, search, total] = stages.map(|s| Percentiles::of(&s));
+    let [decode, preprocess, embed, search, verify, total] = stages.map(|s| Percentiles::of(&s));
     Ok(Evaluation {
         decisions: decision_tallies(&ok),
         gallery_marks: gallery.marks.len(),
         gallery_vectors: gallery.row_mark.len(),
         index,
         queries: queries.len(),
-        open_set_queries: unrecorded.len(),
+        open_set_queries,
         groups,
         open_set,
+        open_set_embedding,
         stages: StageLatency {
             decode,
             preprocess,
             embed,
             search,
+            verify,
             total,
         },
         index_sweep,
@@ -644,9 +702,11 @@ fn group_results(ok: &[(&Query, &Scored)], gallery: usize) -> Vec<GroupResult> {
                 .map(|(_, s)| *s)
                 .collect();
             let exact: Vec<&QueryOutcome> = members.iter().map(|s| &s.outcome).collect();
+            let verified: Vec<&QueryOutcome> = members.iter().map(|s| &s.verified).collect();
             let served: Vec<&QueryOutcome> = members.iter().map(|s| &s.served).collect();
             GroupResult {
                 exact: summarise(&exact, gallery),
+                verified: summarise(&verified, gallery),
                 served: summarise(&served, gallery),
                 group,
             }

@@ -25,7 +25,8 @@ use marklens::{Engine, EngineConfig, IndexChoice};
 /// marklens keeps recorded marks (recordation data, source image, embeddings) in a
 /// data directory. A photo is embedded with an ImageNet-trained EfficientNet-Lite0 on
 /// ONNX Runtime (or the pure-Rust tract runtime when ONNX Runtime is not installed)
-/// and compared with every recorded mark by cosine similarity.
+/// and compared with every recorded mark by cosine similarity; the closest are then
+/// re-ranked by how many of their corners line up with the photo's.
 #[derive(Debug, Parser)]
 #[command(name = "marklens", version, max_term_width = 100)]
 pub struct Args {

@@ -21,7 +21,8 @@ pub struct MatchArgs {
     #[arg(long, short = 'k', default_value_t = 5, value_name = "N")]
     pub top_k: usize,
 
-    /// Drop matches scoring below this cosine similarity (-1 to 1).
+    /// Drop matches whose score (similarity plus the verification bonus) is below
+    /// this.
     #[arg(long, default_value_t = -1.0, value_name = "SCORE", allow_negative_numbers = true)]
     pub min_score: f32,
 
@@ -110,29 +111,33 @@ fn decision_words(decision: Decision) -> &'static str {
 fn print_table(image: &Path, result: &SearchResult) {
     let t = &result.timings;
     println!(
-        "{}: {} match(es) in {:.1} ms (decode {:.1}, preprocess {:.1}, embed {:.1}, search {:.1})",
+        "{}: {} match(es) in {:.1} ms (decode {:.1}, preprocess {:.1}, embed {:.1}, \
+         search {:.1} of which verify {:.1})",
         image.display(),
         result.matches.len(),
         t.total_ms,
         t.decode_ms,
         t.preprocess_ms,
         t.embed_ms,
-        t.search_ms
+        t.search_ms,
+        t.verify_ms
     );
     println!("decision: {}", decision_words(result.decision));
     if result.matches.is_empty() {
         return;
     }
     println!(
-        "{:>4}  {:>6}  {:<24} {:<24} {:<28} {:<18} {:<9}",
-        "rank", "score", "mark id", "name", "holder", "recordation", "status"
+        "{:>4}  {:>6}  {:>6}  {:>7}  {:<24} {:<24} {:<28} {:<18} {:<9}",
+        "rank", "score", "cosine", "inliers", "mark id", "name", "holder", "recordation", "status"
     );
     for m in &result.matches {
         let f = &m.record.fields;
         println!(
-            "{:>4}  {:>6.3}  {:<24} {:<24} {:<28} {:<18} {:<9}",
+            "{:>4}  {:>6.3}  {:>6.3}  {:>7}  {:<24} {:<24} {:<28} {:<18} {:<9}",
             m.rank,
             m.score,
+            m.similarity,
+            m.inliers,
             clip(&m.record.id, 24),
             clip(f.name.as_deref().unwrap_or("-"), 24),
             clip(f.holder.as_deref().unwrap_or("-"), 28),

@@ -99,21 +99,23 @@ impl ModelSpec {
         })
     }
 
-    /// Identifies the vector space: a hash of the model bytes and of every
-    /// preprocessing parameter. Two specs with equal fingerprints embed identically.
+    /// Identifies the vector space: a hash of the model bytes, of every
+    /// preprocessing parameter and of the keypoint algorithm stored beside the
+    /// vectors. Two specs with equal fingerprints embed identically.
     pub fn fingerprint(&self) -> String {
         let mut hasher = Sha256::new();
         hasher.update(&self.bytes);
         let p = &self.preprocess;
         hasher.update(format!(
-            "|in={}|out={}|dim={}|framing={}|size={}|mean={:?}|std={:?}",
+            "|in={}|out={}|dim={}|framing={}|size={}|mean={:?}|std={:?}|keypoints={}",
             self.input,
             self.output,
             self.dim,
             p.framing.tag(),
             p.size,
             p.mean,
-            p.std
+            p.std,
+            crate::imaging::keypoints::VERSION
         ));
         let digest = hasher.finalize();
         let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();

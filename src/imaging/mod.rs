@@ -7,6 +7,7 @@
 //! all bounded *before* any pixel is decoded, so a hostile or corrupt file yields an
 //! [`ImageError`] rather than a panic or an out-of-memory kill.
 
+pub mod keypoints;
 pub mod normalise;
 mod upright;
 
@@ -14,6 +15,8 @@ use std::io::Cursor;
 
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Rgb, RgbImage};
 use ndarray::Array4;
+
+pub use keypoints::Keypoints;
 
 /// Bounds applied to every image before and during decoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,16 +177,38 @@ pub struct Preprocess {
     pub std: [f32; 3],
 }
 
+/// What an image gives the search: the model input and, for each of its views,
+/// the local features that verify a candidate ([`keypoints`]).
+#[derive(Debug, Clone)]
+pub struct Input {
+    /// `[views, 3, size, size]`, one row per view.
+    pub tensor: Array4<f32>,
+    /// One entry per row of `tensor`.
+    pub keypoints: Vec<Keypoints>,
+}
+
 impl Preprocess {
-    /// The model input for one image: a `[views, 3, size, size]` tensor, one row
-    /// per view its framing gives.
-    pub fn input(&self, image: &RgbImage) -> Array4<f32> {
-        match self.framing {
-            Framing::Whole => self.tensor(&[image]),
-            Framing::Mark => {
-                let views = normalise::views(image);
-                self.tensor(&views.iter().collect::<Vec<_>>())
+    /// The model input and keypoints of one image, one view per entry its framing
+    /// gives.
+    pub fn input(&self, image: &RgbImage) -> Input {
+        let views = match self.framing {
+            Framing::Whole => {
+                let tensor = self.tensor(&[image]);
+                let grey = DynamicImage::ImageRgb8(image.clone()).into_luma8();
+                return Input {
+                    tensor,
+                    keypoints: vec![Keypoints::of(&grey)],
+                };
             }
+            Framing::Mark => normalise::views(image),
+        };
+        let rgb: Vec<RgbImage> = views
+            .iter()
+            .map(|v| DynamicImage::ImageLuma8(v.clone()).into_rgb8())
+            .collect();
+        Input {
+            tensor: self.tensor(&rgb.iter().collect::<Vec<_>>()),
+            keypoints: views.iter().map(Keypoints::of).collect(),
         }
     }
 

@@ -56,12 +56,13 @@ pub const MAX_VIEWS: usize = 3;
 /// cropped to the inside of the block and searched again, which finds what is
 /// printed on (or knocked out of) the block, as a further view.
 ///
-/// An image with no ink at all (a blank page) is redrawn whole.
-pub fn views(image: &RgbImage) -> Vec<RgbImage> {
+/// An image with no ink at all (a blank page) is redrawn whole. Each view is
+/// turned upright ([`upright`]) and given in grey, ink strength dark on white.
+pub fn views(image: &RgbImage) -> Vec<GrayImage> {
     let found = normalise(image).unwrap_or_else(|| Found::whole(image));
     let mut out = Vec::with_capacity(MAX_VIEWS);
     let mut next = found.block_inside();
-    out.push(finish(found.view));
+    out.push(upright(found.view));
     while let Some((x0, y0, x1, y1)) = next {
         if out.len() == MAX_VIEWS {
             break;
@@ -73,14 +74,9 @@ pub fn views(image: &RgbImage) -> Vec<RgbImage> {
         next = inner
             .block_inside()
             .map(|b| (b.0 + x0, b.1 + y0, b.2 + x0, b.3 + y0));
-        out.push(finish(inner.view));
+        out.push(upright(inner.view));
     }
     out
-}
-
-/// A found view as the model sees it: upright, in RGB.
-fn finish(view: GrayImage) -> RgbImage {
-    image::DynamicImage::ImageLuma8(upright(view)).into_rgb8()
 }
 
 /// A redrawn crop and where its ink lies.
@@ -204,12 +200,32 @@ fn shrink<P: Pixel<Subpixel = u8>>(
     side: u32,
     pixel_type: fast_image_resize::PixelType,
 ) -> ImageBuffer<P, Vec<u8>> {
+    let (w, h) = image.dimensions();
+    if w.max(h) <= side {
+        return image.clone();
+    }
+    resample(image, side, pixel_type)
+}
+
+/// Scales a greyscale image, up or down, so its longer side is `side`.
+pub(super) fn resize_grey(image: &GrayImage, side: u32) -> GrayImage {
+    let (w, h) = image.dimensions();
+    if w.max(h) == side {
+        return image.clone();
+    }
+    resample(image, side, fast_image_resize::PixelType::U8)
+}
+
+/// Resamples an 8-bit image so its longer side is `side`: a triangle filter
+/// stretched to the scale, antialiased when shrinking, bilinear when enlarging.
+fn resample<P: Pixel<Subpixel = u8>>(
+    image: &ImageBuffer<P, Vec<u8>>,
+    side: u32,
+    pixel_type: fast_image_resize::PixelType,
+) -> ImageBuffer<P, Vec<u8>> {
     use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, images::Image};
     let (w, h) = image.dimensions();
     let scale = f64::from(side) / f64::from(w.max(h));
-    if scale >= 1.0 {
-        return image.clone();
-    }
     let tw = ((f64::from(w) * scale).round() as u32).max(1);
     let th = ((f64::from(h) * scale).round() as u32).max(1);
     let source = Image::from_vec_u8(w, h, image.as_raw().clone(), pixel_type)
@@ -467,7 +483,7 @@ mod tests {
         })
     }
 
-    fn mark(image: &RgbImage) -> RgbImage {
+    fn mark(image: &RgbImage) -> GrayImage {
         views(image).remove(0)
     }
 
@@ -483,12 +499,8 @@ mod tests {
         let (w, h) = out.dimensions();
         assert!((70..=84).contains(&w), "width {w}");
         assert!((150..=164).contains(&h), "height {h}");
-        assert_eq!(out.get_pixel(w / 2, h / 2), &Rgb([0, 0, 0]), "ink is black");
-        assert_eq!(
-            out.get_pixel(1, 1),
-            &Rgb([255, 255, 255]),
-            "ground is white"
-        );
+        assert_eq!(out.get_pixel(w / 2, h / 2), &Luma([0]), "ink is black");
+        assert_eq!(out.get_pixel(1, 1), &Luma([255]), "ground is white");
     }
 
     #[test]
@@ -524,7 +536,7 @@ mod tests {
         let blank = RgbImage::from_pixel(50, 30, Rgb([255, 255, 255]));
         let out = mark(&blank);
         assert_eq!(out.dimensions(), (50, 30));
-        assert!(out.pixels().all(|p| p.0 == [255, 255, 255]));
+        assert!(out.pixels().all(|p| p.0 == [255]));
         let tiny = RgbImage::from_pixel(1, 1, Rgb([3, 4, 5]));
         assert_eq!(mark(&tiny).dimensions(), (1, 1));
     }
@@ -553,7 +565,7 @@ mod tests {
             iw.abs_diff(pw) <= 3 && ih.abs_diff(ph) <= 3,
             "{iw}x{ih} vs {pw}x{ph}"
         );
-        assert_eq!(inside.get_pixel(iw / 2, ih / 2), &Rgb([0, 0, 0]));
+        assert_eq!(inside.get_pixel(iw / 2, ih / 2), &Luma([0]));
         // An outline is not a block.
         let outline = RgbImage::from_fn(200, 200, |x, y| {
             let frame = (40..160).contains(&x) && (40..160).contains(&y);

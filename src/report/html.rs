@@ -78,10 +78,13 @@ pub fn write_html(
             let f = &m.record.fields;
             writeln!(
                 out,
-                "<div><span class=\"score\">#{} &middot; {:.3}</span></div><div>{}</div>\
-                 <div>{}</div><div>{}</div><div>{}</div>",
+                "<div><span class=\"score\">#{} &middot; {:.3}</span> \
+                 <span title=\"cosine similarity, corners that line up\">({:.3}, {} pts)</span></div>\
+                 <div>{}</div><div>{}</div><div>{}</div><div>{}</div>",
                 m.rank,
                 m.score,
+                m.similarity,
+                m.inliers,
                 escape(f.name.as_deref().unwrap_or(&m.record.id)),
                 escape(f.holder.as_deref().unwrap_or("")),
                 escape(f.recordation_number.as_deref().unwrap_or("")),

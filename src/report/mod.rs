@@ -64,6 +64,8 @@ pub enum ReportError {
 struct MatchRow<'a> {
     rank: usize,
     score: f32,
+    similarity: f32,
+    inliers: u32,
     mark_id: &'a str,
     name: Option<&'a str>,
     holder: Option<&'a str>,
@@ -80,6 +82,8 @@ impl<'a> From<&'a Match> for MatchRow<'a> {
         MatchRow {
             rank: m.rank,
             score: m.score,
+            similarity: m.similarity,
+            inliers: m.inliers,
             mark_id: &m.record.id,
             name: f.name.as_deref(),
             holder: f.holder.as_deref(),
@@ -149,11 +153,13 @@ pub fn write_json(out: &mut dyn Write, reports: &[QueryReport]) -> std::io::Resu
     writeln!(out)
 }
 
-const CSV_HEADER: [&str; 14] = [
+const CSV_HEADER: [&str; 16] = [
     "query",
     "decision",
     "rank",
     "score",
+    "similarity",
+    "inliers",
     "mark_id",
     "name",
     "holder",
@@ -184,8 +190,8 @@ pub fn write_csv(out: &mut dyn Write, reports: &[QueryReport]) -> std::io::Resul
             let mut row = vec![String::new(); CSV_HEADER.len()];
             row[0] = query;
             row[1] = decision.to_owned();
-            row[12] = total;
-            row[13] = error;
+            row[14] = total;
+            row[15] = error;
             writer.write_record(&row).map_err(csv_err)?;
             continue;
         }
@@ -198,6 +204,8 @@ pub fn write_csv(out: &mut dyn Write, reports: &[QueryReport]) -> std::io::Resul
                     decision,
                     &m.rank.to_string(),
                     &format!("{:.4}", m.score),
+                    &format!("{:.4}", m.similarity),
+                    &m.inliers.to_string(),
                     &m.record.id,
                     f.name.as_deref().unwrap_or(""),
                     f.holder.as_deref().unwrap_or(""),

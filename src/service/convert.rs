@@ -183,6 +183,7 @@ pub fn timings_to_proto(t: &StageTimings) -> pb::StageTimings {
         embed_ms: t.embed_ms,
         search_ms: t.search_ms,
         total_ms: t.total_ms,
+        verify_ms: t.verify_ms,
     }
 }
 
@@ -196,6 +197,8 @@ pub fn result_to_proto(request_id: String, result: &SearchResult) -> pb::SearchR
                 rank: m.rank as u32,
                 score: m.score,
                 mark: Some(mark_to_proto(&m.record)),
+                similarity: m.similarity,
+                inliers: m.inliers,
             })
             .collect(),
         timings: Some(timings_to_proto(&result.timings)),
@@ -238,6 +241,8 @@ pub fn result_from_proto(reply: pb::SearchResponse) -> Result<SearchResult, Stat
             Ok(Match {
                 rank: m.rank as usize,
                 score: m.score,
+                similarity: m.similarity,
+                inliers: m.inliers,
                 record: mark_from_proto(m.mark.unwrap_or_default())?,
             })
         })
@@ -251,9 +256,11 @@ pub fn result_from_proto(reply: pb::SearchResponse) -> Result<SearchResult, Stat
             preprocess_ms: t.preprocess_ms,
             embed_ms: t.embed_ms,
             search_ms: t.search_ms,
+            verify_ms: t.verify_ms,
             total_ms: t.total_ms,
         },
         query_views: Vec::new(),
+        query_keypoints: Vec::new(),
     })
 }
 

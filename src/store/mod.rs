@@ -21,7 +21,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 pub use record::{MarkFields, MarkRecord, MarkStatus};
 
 /// Version of the schema this build writes. Bumped with every migration.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE marks (
@@ -54,6 +54,8 @@ CREATE TABLE meta (
     value TEXT NOT NULL
 );
 ";
+
+const SCHEMA_V2: &str = "ALTER TABLE embeddings ADD COLUMN keypoints BLOB NOT NULL DEFAULT x'';";
 
 const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 
@@ -89,6 +91,9 @@ pub struct NewMark {
     pub image_format: String,
     /// One unit vector per view of the image (at least one).
     pub views: Vec<Vec<f32>>,
+    /// The encoded keypoints of each view, in the same order (empty when there
+    /// are none, as for vectors computed elsewhere).
+    pub keypoints: Vec<Vec<u8>>,
 }
 
 /// What happened to one mark in [`Store::put`].
@@ -197,7 +202,15 @@ impl Store {
         if version < 1 {
             let tx = self.conn.transaction()?;
             tx.execute_batch(SCHEMA_V1)?;
-            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            tx.pragma_update(None, "user_version", 1)?;
+            tx.commit()?;
+        }
+        if version < 2 {
+            // Each view's local features beside its vector. Views recorded before
+            // have none until re-embedded (their fingerprint is stale anyway).
+            let tx = self.conn.transaction()?;
+            tx.execute_batch(SCHEMA_V2)?;
+            tx.pragma_update(None, "user_version", 2)?;
             tx.commit()?;
         }
         Ok(())
@@ -400,11 +413,26 @@ impl Store {
         Ok(ids)
     }
 
-    /// Replaces the vectors of a mark (same image, new model); returns the delta.
+    /// The encoded keypoints of each view of a mark, in view order; empty blobs
+    /// for views without any, and no entry at all for an unknown id.
+    pub fn keypoints_of(&self, id: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT e.keypoints FROM marks m JOIN embeddings e ON e.mark_seq = m.seq
+              WHERE m.id = ?1 ORDER BY e.view",
+        )?;
+        let blobs = stmt
+            .query_map([id], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(blobs)
+    }
+
+    /// Replaces the vectors and keypoints of a mark (same image, new model);
+    /// returns the delta.
     pub fn replace_views(
         &mut self,
         id: &str,
         views: &[Vec<f32>],
+        keypoints: &[Vec<u8>],
         model: &str,
     ) -> Result<IndexDelta, StoreError> {
         let tx = self.conn.transaction()?;
@@ -412,7 +440,7 @@ impl Store {
         let seq: i64 = tx.query_row("SELECT seq FROM marks WHERE id = ?1", [id], |r| r.get(0))?;
         delta.removed = vids_of(&tx, seq)?;
         tx.execute("DELETE FROM embeddings WHERE mark_seq = ?1", [seq])?;
-        insert_views(&tx, seq, views, model, &mut delta)?;
+        insert_views(&tx, seq, views, keypoints, model, &mut delta)?;
         tx.execute(
             &format!("UPDATE marks SET updated_at = {NOW} WHERE seq = ?1"),
             [seq],
@@ -535,7 +563,7 @@ fn put_one(
         r.get(0)
     })?;
     if existing.is_none() {
-        insert_views(tx, seq, &mark.views, model, delta)?;
+        insert_views(tx, seq, &mark.views, &mark.keypoints, model, delta)?;
         return Ok(PutOutcome::Created);
     }
     if same_image {
@@ -543,7 +571,7 @@ fn put_one(
     }
     delta.removed.extend(vids_of(tx, seq)?);
     tx.execute("DELETE FROM embeddings WHERE mark_seq = ?1", [seq])?;
-    insert_views(tx, seq, &mark.views, model, delta)?;
+    insert_views(tx, seq, &mark.views, &mark.keypoints, model, delta)?;
     Ok(PutOutcome::Replaced)
 }
 
@@ -551,14 +579,23 @@ fn insert_views(
     tx: &Transaction<'_>,
     seq: i64,
     views: &[Vec<f32>],
+    keypoints: &[Vec<u8>],
     model: &str,
     delta: &mut IndexDelta,
 ) -> Result<(), StoreError> {
     let mut stmt = tx.prepare_cached(
-        "INSERT INTO embeddings (mark_seq, view, model, vector) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO embeddings (mark_seq, view, model, vector, keypoints)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
     )?;
     for (view, vector) in views.iter().enumerate() {
-        stmt.execute(params![seq, view as i64, model, vector_to_bytes(vector)])?;
+        let points = keypoints.get(view).map_or(&[][..], Vec::as_slice);
+        stmt.execute(params![
+            seq,
+            view as i64,
+            model,
+            vector_to_bytes(vector),
+            points
+        ])?;
         delta
             .added
             .push((tx.last_insert_rowid() as u64, vector.clone()));
@@ -629,7 +666,56 @@ mod tests {
             image_sha256: format!("{:?}", image),
             image_format: "png".into(),
             views: vec![vec![v, 1.0 - v]],
+            keypoints: vec![image.to_vec()],
         }
+    }
+
+    #[test]
+    fn keypoints_are_kept_per_view_and_replaced_with_the_vectors() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("m.db")).unwrap();
+        let mut two = mark("a", b"1", 0.5);
+        two.views.push(vec![0.0, 1.0]);
+        two.keypoints.push(b"second".to_vec());
+        store.put(&[two], "m1").unwrap();
+        assert_eq!(
+            store.keypoints_of("a").unwrap(),
+            [b"1".to_vec(), b"second".to_vec()]
+        );
+        store
+            .replace_views("a", &[vec![1.0, 0.0]], &[b"new".to_vec()], "m2")
+            .unwrap();
+        assert_eq!(store.keypoints_of("a").unwrap(), [b"new".to_vec()]);
+        assert!(store.keypoints_of("missing").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_version_1_database_gains_empty_keypoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA_V1).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO marks (id, image_sha256, image_format, image, created_at, updated_at)
+                 VALUES ('old', 'x', 'png', x'00', 'now', 'now')",
+                [],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO embeddings (mark_seq, view, model, vector) VALUES (1, 0, 'm0', x'')",
+                [],
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.keypoints_of("old").unwrap(), [Vec::<u8>::new()]);
+        let version: i64 = store
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
     }
 
     #[test]

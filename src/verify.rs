@@ -1,0 +1,229 @@
+//! Geometric verification: does a candidate mark share the photo's parts, laid
+//! out the same way?
+//!
+//! The global embedding finds the right mark among the first ten candidates far
+//! more often than at the first place: lookalikes (another shield, another leaf)
+//! score as high as the mark itself. Verification re-ranks those candidates by
+//! evidence the embedding does not weigh: corners of the photo's views
+//! ([`Keypoints`]) matched by descriptor to corners of the candidate's views, and
+//! how many of those matches one similarity transform (turn, scale, shift)
+//! carries onto each other. A lookalike's matches scatter; the mark's line up.
+//!
+//! 1. Matching: each photo corner's nearest candidate corner by Hamming distance,
+//!    kept when clearly nearer than the second nearest ([`RATIO`]).
+//! 2. Consensus: a similarity transform is proposed from each of [`TRIALS`] pairs
+//!    of matches (drawn from a fixed seed, so a search is repeatable), within
+//!    plausible scales, and scored by the matches it carries within [`TOLERANCE`];
+//!    the best count is the candidate's `inliers`.
+//! 3. Fusion: the candidate's score becomes its cosine similarity plus
+//!    [`WEIGHT`] times its inliers (capped at [`CAP`]) over [`CAP`].
+//!
+//! The constants were chosen on the calibration split only (docs/benchmarks.md).
+
+use crate::imaging::Keypoints;
+use crate::seeded::SplitMix;
+
+/// How many of the best candidates by cosine are verified.
+pub const DEPTH: usize = 10;
+/// A match is kept when its distance is below this share of the second best's.
+const RATIO: f32 = 0.85;
+/// Proposals tried per view pair.
+const TRIALS: usize = 300;
+/// A match agrees with a transform when it lands this close, in units of the
+/// view's longer side.
+const TOLERANCE: f32 = 0.035;
+/// Two matches propose a transform only when this far apart in the photo view
+/// (closer, the turn and scale they imply are noise).
+const MIN_SPAN: f32 = 0.05;
+/// Plausible scales between a photo view and a mark view (both are cropped to
+/// their ink, so the scale is near 1 unless the crop caught more or less).
+const SCALES: (f32, f32) = (0.5, 2.0);
+/// Inliers beyond this add nothing: past it, the candidate is verified.
+pub const CAP: u32 = 20;
+/// Score added by a fully verified candidate.
+pub const WEIGHT: f32 = 0.2;
+
+/// The fused score of a candidate with cosine similarity `similarity` and
+/// `inliers` agreeing matches.
+pub fn fuse(similarity: f32, inliers: u32) -> f32 {
+    similarity + WEIGHT * inliers.min(CAP) as f32 / CAP as f32
+}
+
+/// The most matches one similarity transform carries between any view of the
+/// photo and any view of the candidate.
+pub fn inliers(photo: &[Keypoints], candidate: &[Keypoints]) -> u32 {
+    photo
+        .iter()
+        .flat_map(|p| candidate.iter().map(move |c| (p, c)))
+        .map(|(p, c)| consensus(&matches(p, c), p, c))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Index pairs (photo, candidate) of descriptor matches that pass the ratio test.
+fn matches(a: &Keypoints, b: &Keypoints) -> Vec<(usize, usize)> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("popcnt") {
+        // SAFETY: the CPU has the instruction the function is compiled for.
+        return unsafe { matches_popcnt(a, b) };
+    }
+    matches_portable(a, b)
+}
+
+/// [`matches`] with the hardware population count: the Hamming distances are
+/// most of verification's time, and the baseline x86-64 target counts bits in
+/// software.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "popcnt")]
+fn matches_popcnt(a: &Keypoints, b: &Keypoints) -> Vec<(usize, usize)> {
+    matches_portable(a, b)
+}
+
+#[inline(always)]
+fn matches_portable(a: &Keypoints, b: &Keypoints) -> Vec<(usize, usize)> {
+    if b.len() < 2 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for (i, d) in a.descriptors.iter().enumerate() {
+        let (mut best, mut second, mut at) = (u32::MAX, u32::MAX, 0);
+        for (j, e) in b.descriptors.iter().enumerate() {
+            let h = (d[0] ^ e[0]).count_ones()
+                + (d[1] ^ e[1]).count_ones()
+                + (d[2] ^ e[2]).count_ones()
+                + (d[3] ^ e[3]).count_ones();
+            if h < best {
+                (second, best, at) = (best, h, j);
+            } else if h < second {
+                second = h;
+            }
+        }
+        if (best as f32) < RATIO * second as f32 {
+            out.push((i, at));
+        }
+    }
+    out
+}
+
+/// The most matches one similarity transform carries within [`TOLERANCE`].
+///
+/// Points are complex numbers, so a similarity is `q = s·p + t`: two matches fix
+/// `s = (q1 - q2) / (p1 - p2)` and `t`.
+fn consensus(pairs: &[(usize, usize)], a: &Keypoints, b: &Keypoints) -> u32 {
+    if pairs.len() < 3 {
+        return 0;
+    }
+    let p: Vec<(f32, f32)> = pairs
+        .iter()
+        .map(|&(i, _)| (a.points[i][0], a.points[i][1]))
+        .collect();
+    let q: Vec<(f32, f32)> = pairs
+        .iter()
+        .map(|&(_, j)| (b.points[j][0], b.points[j][1]))
+        .collect();
+    let n = pairs.len();
+    let mut rng = SplitMix::new(0x7665_7269_6679 ^ n as u64);
+    let tol2 = TOLERANCE * TOLERANCE;
+    let mut best = 0;
+    for _ in 0..TRIALS {
+        let (i, j) = (rng.below(n), rng.below(n));
+        let dp = (p[i].0 - p[j].0, p[i].1 - p[j].1);
+        let dq = (q[i].0 - q[j].0, q[i].1 - q[j].1);
+        let span2 = dp.0 * dp.0 + dp.1 * dp.1;
+        if i == j || span2 < MIN_SPAN * MIN_SPAN {
+            continue;
+        }
+        // s = dq / dp
+        let s = (
+            (dq.0 * dp.0 + dq.1 * dp.1) / span2,
+            (dq.1 * dp.0 - dq.0 * dp.1) / span2,
+        );
+        let scale = (s.0 * s.0 + s.1 * s.1).sqrt();
+        if scale <= SCALES.0 || scale >= SCALES.1 {
+            continue;
+        }
+        let t = (
+            q[i].0 - (s.0 * p[i].0 - s.1 * p[i].1),
+            q[i].1 - (s.0 * p[i].1 + s.1 * p[i].0),
+        );
+        let agree = p
+            .iter()
+            .zip(&q)
+            .filter(|(pk, qk)| {
+                let x = s.0 * pk.0 - s.1 * pk.1 + t.0 - qk.0;
+                let y = s.0 * pk.1 + s.1 * pk.0 + t.1 - qk.1;
+                x * x + y * y < tol2
+            })
+            .count() as u32;
+        best = best.max(agree);
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{GrayImage, Luma};
+
+    /// A drawing of random strokes from `seed`: distinct seeds, distinct marks.
+    fn scribble(seed: u64, side: u32) -> GrayImage {
+        let mut rng = SplitMix::new(seed);
+        let mut img = GrayImage::from_pixel(side, side, Luma([255]));
+        for _ in 0..20 {
+            let x0 = rng.below(side as usize * 3 / 4) as u32;
+            let y0 = rng.below(side as usize * 3 / 4) as u32;
+            let w = side / 12 + rng.below(side as usize / 4) as u32;
+            let h = side / 12 + rng.below(side as usize / 4) as u32;
+            for y in y0..(y0 + h).min(side) {
+                for x in x0..(x0 + w).min(side) {
+                    img.put_pixel(x, y, Luma([0]));
+                }
+            }
+        }
+        img
+    }
+
+    /// `img` shrunk by `scale` and shifted onto a larger white canvas.
+    fn moved(img: &GrayImage, scale: f32, shift: u32) -> GrayImage {
+        let (w, h) = img.dimensions();
+        let small = image::imageops::resize(
+            img,
+            (w as f32 * scale) as u32,
+            (h as f32 * scale) as u32,
+            image::imageops::FilterType::Triangle,
+        );
+        let mut out = GrayImage::from_pixel(w, h, Luma([255]));
+        image::imageops::replace(&mut out, &small, i64::from(shift), i64::from(shift / 2));
+        out
+    }
+
+    #[test]
+    fn the_same_drawing_moved_verifies_and_another_does_not() {
+        let mark = Keypoints::of(&scribble(1, 240));
+        let photo = [Keypoints::of(&moved(&scribble(1, 240), 0.9, 12))];
+        let other = Keypoints::of(&scribble(2, 240));
+        let same = inliers(&photo, std::slice::from_ref(&mark));
+        let different = inliers(&photo, std::slice::from_ref(&other));
+        assert!(same >= 12, "same drawing: {same} inliers");
+        assert!(different * 3 < same, "other drawing: {different} vs {same}");
+        // The best view pair counts.
+        assert_eq!(inliers(&photo, &[other, mark]), same);
+        // Deterministic.
+        assert_eq!(inliers(&photo, &[Keypoints::of(&scribble(1, 240))]), same);
+    }
+
+    #[test]
+    fn nothing_to_match_gives_no_inliers() {
+        let mark = [Keypoints::of(&scribble(3, 200))];
+        assert_eq!(inliers(&[], &mark), 0);
+        assert_eq!(inliers(&mark, &[]), 0);
+        assert_eq!(inliers(&[Keypoints::default()], &mark), 0);
+    }
+
+    #[test]
+    fn fusion_adds_at_most_the_weight() {
+        assert_eq!(fuse(0.5, 0), 0.5);
+        assert!((fuse(0.5, CAP / 2) - (0.5 + WEIGHT / 2.0)).abs() < 1e-6);
+        assert_eq!(fuse(0.5, CAP * 3), fuse(0.5, CAP));
+    }
+}
