@@ -936,8 +936,9 @@ impl Engine {
     }
 
     /// Verifies the first [`verify::DEPTH`] of `candidates` (mark ids with their
-    /// cosine similarity, best first) against a photo's keypoints and orders all of
-    /// them by fused score, best first. Without keypoints the order is the
+    /// cosine similarity, best first) that are within [`verify::WEIGHT`] of the best
+    /// similarity against a photo's keypoints, and orders all of them by fused
+    /// score, best first. Without keypoints the order is the
     /// similarity's. The benchmark calls this on its exact candidates.
     pub fn verify_candidates(
         &self,
@@ -947,10 +948,14 @@ impl Engine {
         let stored: Vec<Vec<Keypoints>> = if keypoints.is_empty() {
             Vec::new()
         } else {
+            // A candidate further than WEIGHT below the best similarity cannot
+            // reach the first place whatever it verifies: it is not verified.
+            let reach = candidates.first().map_or(f32::NEG_INFINITY, |c| c.1) - verify::WEIGHT;
             let store = self.lock_store();
             candidates
                 .iter()
                 .take(verify::DEPTH)
+                .take_while(|(_, similarity)| *similarity >= reach)
                 .map(|(id, _)| Ok(decode(id, store.keypoints_of(id)?)))
                 .collect::<Result<_, EngineError>>()?
         };

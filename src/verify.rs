@@ -18,6 +18,10 @@
 //! 3. Fusion: the candidate's score becomes its cosine similarity plus
 //!    [`WEIGHT`] times its inliers (capped at [`CAP`]) over [`CAP`].
 //!
+//! Only candidates within [`WEIGHT`] of the best similarity are verified (by the
+//! engine): one further below cannot reach the first place whatever it verifies,
+//! so skipping it leaves the best match and the decision as they are.
+//!
 //! The constants were chosen on the calibration split only (docs/benchmarks.md).
 
 use crate::imaging::Keypoints;
