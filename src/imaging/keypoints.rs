@@ -10,8 +10,7 @@
 //! Each view is scaled so its longer side is [`SIDE`] pixels, then to [`LEVELS`]
 //! smaller sizes a factor [`LEVEL_SCALE`] apart (views are cropped to their ink, but
 //! a blurred photo's corners show at a coarser scale than the clean mark's: on the
-//! calibration split one scale alone gave half the gain). Each level is padded with
-//! white, and:
+//! calibration split one scale alone gave a quarter of the gain). On each level:
 //!
 //! 1. FAST-9 corners (imageproc) are kept where they are the strongest within
 //!    [`NMS_RADIUS`], the strongest of those up to the level's share of
@@ -22,7 +21,8 @@
 //! 3. its descriptor is [`BITS`] brightness comparisons between point pairs of a
 //!    fixed, seeded pattern turned to that orientation (in [`ANGLE_BINS`] steps,
 //!    as in ORB), each point the mean of the 5 x 5 pixels around it (read off an
-//!    integral image).
+//!    integral image of the level padded with white, so that corners at the
+//!    view's edge get whole patches).
 //!
 //! Positions are kept in units of the view's longer side, so they compare across
 //! views of any size.
