@@ -77,7 +77,8 @@ pub struct Keypoints {
 
 /// Bytes per stored point: two 16-bit coordinates and the descriptor.
 const POINT_BYTES: usize = 4 + 8 * WORDS;
-/// Fixed-point scale of stored coordinates, which lie in `-PAD/SIDE..1+PAD/SIDE`.
+/// Fixed-point scale and offset of stored coordinates, which lie in `0..=1`; the
+/// offset leaves headroom on both sides.
 const COORD_SCALE: f32 = 16384.0;
 const COORD_OFFSET: f32 = 1.0;
 
@@ -85,7 +86,6 @@ impl Keypoints {
     /// Finds the keypoints of an upright view.
     pub fn of(view: &GrayImage) -> Keypoints {
         let base = resize_grey(view, SIDE);
-        let pattern = turned_patterns();
         // Each level's share of the points, a factor 1/LEVEL_SCALE fewer per level.
         let factor = 1.0 / LEVEL_SCALE;
         let first = MAX_POINTS as f32 * (1.0 - factor) / (1.0 - factor.powi(LEVELS));
@@ -100,9 +100,7 @@ impl Keypoints {
                     resize_grey(&base, side)
                 };
                 let budget = (first * factor.powi(level)).round() as usize;
-                let mut found = Keypoints::default();
-                detect(&image, budget, &pattern, &mut found);
-                found
+                detect(&image, budget)
             })
             .collect();
         let mut out = Keypoints::default();
@@ -161,9 +159,12 @@ impl Keypoints {
     }
 }
 
-/// Adds the `budget` strongest corners of one pyramid level to `out`, with
-/// positions in units of the level's longer side.
-fn detect(level: &GrayImage, budget: usize, patterns: &[Pattern], out: &mut Keypoints) {
+/// The descriptor's test pairs at each of the [`ANGLE_BINS`] turns, made once.
+static PATTERNS: std::sync::LazyLock<Vec<Pattern>> = std::sync::LazyLock::new(turned_patterns);
+
+/// The `budget` strongest corners of one pyramid level, with positions in units
+/// of the level's longer side.
+fn detect(level: &GrayImage, budget: usize) -> Keypoints {
     let mut corners = local_maxima(&corners_fast9(level, FAST_THRESHOLD), NMS_RADIUS);
     // Strongest first; ties in reading order, so the result is deterministic.
     let order = |a: &imageproc::corners::Corner, b: &imageproc::corners::Corner| {
@@ -185,13 +186,15 @@ fn detect(level: &GrayImage, budget: usize, patterns: &[Pattern], out: &mut Keyp
     image::imageops::replace(&mut padded, level, i64::from(PAD), i64::from(PAD));
     let sums = integral_image::<_, u32>(&padded);
     let side = level.width().max(level.height()) as f32;
+    let mut out = Keypoints::default();
     for c in corners {
         let (x, y) = ((c.x + PAD) as i32, (c.y + PAD) as i32);
         let angle = orientation(&padded, x, y);
         out.points.push([c.x as f32 / side, c.y as f32 / side]);
         out.descriptors
-            .push(describe(&sums, x, y, &patterns[angle_bin(angle)]));
+            .push(describe(&sums, x, y, &PATTERNS[angle_bin(angle)]));
     }
+    out
 }
 
 /// The direction from a corner to its patch's intensity centroid, with ink
