@@ -3,9 +3,13 @@
 of the TRAINING split only, on top of the frozen EfficientNet-Lite0 features,
 and appends it to the backbone as ONNX nodes.
 
-    features = MatMul(L2normalise(lite0(x)) - mean, P)      # [N, DIM]
+    pooled   = [GeM over window w of lite0's last 7x7 map, unit length] for w in WINDOWS
+    features = MatMul(L2normalise(concat(pooled)) - mean, P)      # [N, DIM]
 
-marklens L2-normalises the output again. P is learned in two stages:
+marklens L2-normalises the output again. The pooling (`regional_gem`) replaces
+the backbone's global average: generalised-mean pooling over the whole map and
+over four overlapping quadrants, 5 x 1280 = 6400 values. P is learned in two
+stages:
 
 1. learned whitening (Radenovic et al., "Fine-tuning CNN Image Retrieval with No
    Human Annotation", TPAMI 2018), closed form: the directions in which a photo
@@ -23,10 +27,11 @@ Data recipe (all made by the benchmark tools, all from the training split):
          --per-variant 100 --open 0 --out DATA/queries-train
      benches/dataset/build.py --jobs 2 queries --split train --per-level 1600 \
          --per-variant 260 --open 0 --out DATA/queries-train2
-3. for each set Q: marklens --model models/efficientnet_lite0.onnx --data-dir DB \
-       bench run --gallery DATA/gallery-real.csv --queries DATA/Q/queries.csv \
-       --out OUT/Q --export OUT/Q/vectors
-   (the base model's vectors, not an earlier head's; one DB serves both sets)
+3. this script with --pooled-base POOLED.onnx (the backbone with the pooling,
+   no head), then for each set Q: marklens --model POOLED.onnx --index exact \
+       --data-dir DB bench run --gallery DATA/gallery-real.csv \
+       --queries DATA/Q/queries.csv --out OUT/Q --export OUT/Q/vectors
+   (the pooled backbone's vectors, not an earlier head's; one DB serves both sets)
 4. this script: --vectors OUT/queries-train/vectors OUT/queries-train2/vectors \
        --gallery DATA/gallery-real.csv
 
@@ -120,8 +125,63 @@ def refine(mean, proj, gallery, brands, photos, pairs, args):
     return w
 
 
+# Pooling windows over the backbone's 7 x 7 map (rows and columns, end exclusive):
+# the whole map, then four overlapping 4 x 4 quadrants, which keep a coarse layout
+# of where the mark's strokes are.
+WINDOWS = [(0, 7, 0, 7), (0, 4, 0, 4), (0, 4, 3, 7), (3, 7, 0, 4), (3, 7, 3, 7)]
+GEM_P = 3.0
+
+
+def regional_gem(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Replaces the backbone's global average pool by GeM (p = 3) over `WINDOWS`,
+    each window's vector L2-normalised, concatenated: [N, 1280 * len(WINDOWS)].
+
+    GeM (Radenovic et al.) weighs the strongest activations more than a mean does;
+    the quadrants let the head tell marks apart by where their parts are (views
+    are turned upright first, so the layout is stable).
+    """
+    g = model.graph
+    last = g.node[-1]
+    if last.op_type != "ReduceMean":
+        raise SystemExit("the base does not end in a global average pool")
+    fmap, feat = last.input[0], last.output[0]
+    g.node.remove(last)
+    g.initializer.extend([
+        numpy_helper.from_array(np.array([1e-6], np.float32), "gem_eps"),
+        numpy_helper.from_array(np.array([GEM_P], np.float32), "gem_p"),
+        numpy_helper.from_array(np.array([1 / GEM_P], np.float32), "gem_root"),
+        numpy_helper.from_array(np.array([2, 3], np.int64), "gem_axes"),
+    ])
+    nodes = [
+        helper.make_node("Max", [fmap, "gem_eps"], ["gem_clamped"]),
+        helper.make_node("Pow", ["gem_clamped", "gem_p"], ["gem_powered"]),
+    ]
+    parts = []
+    for k, (r0, r1, c0, c1) in enumerate(WINDOWS):
+        g.initializer.extend([
+            numpy_helper.from_array(np.array([r0, c0], np.int64), f"gem_w{k}_start"),
+            numpy_helper.from_array(np.array([r1, c1], np.int64), f"gem_w{k}_end"),
+        ])
+        nodes += [
+            helper.make_node("Slice", ["gem_powered", f"gem_w{k}_start", f"gem_w{k}_end", "gem_axes"],
+                             [f"gem_w{k}_map"]),
+            helper.make_node("ReduceMean", [f"gem_w{k}_map"], [f"gem_w{k}_mean"], axes=[2, 3], keepdims=0),
+            helper.make_node("Pow", [f"gem_w{k}_mean", "gem_root"], [f"gem_w{k}"]),
+            helper.make_node("ReduceL2", [f"gem_w{k}"], [f"gem_w{k}_norm"], axes=[1], keepdims=1),
+            helper.make_node("Div", [f"gem_w{k}", f"gem_w{k}_norm"], [f"gem_w{k}_unit"]),
+        ]
+        parts.append(f"gem_w{k}_unit")
+    nodes.append(helper.make_node("Concat", parts, [feat], axis=1))
+    g.node.extend(nodes)
+    width = g.output[0].type.tensor_type.shape.dim[1].dim_value * len(WINDOWS)
+    del g.output[:]
+    g.output.extend([helper.make_tensor_value_info(feat, TensorProto.FLOAT, ["N", width])])
+    onnx.checker.check_model(model)
+    return model
+
+
 def append_head(base: Path, out: Path, mean: np.ndarray, proj: np.ndarray) -> None:
-    model = onnx.load(str(base))
+    model = regional_gem(onnx.load(str(base)))
     g = model.graph
     feat = g.output[0].name
     raw = feat + "_backbone"
@@ -145,20 +205,30 @@ def append_head(base: Path, out: Path, mean: np.ndarray, proj: np.ndarray) -> No
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--vectors", type=Path, nargs="+", required=True,
+    ap.add_argument("--vectors", type=Path, nargs="+",
                     help="`bench run --export` folders (one gallery, any number of query sets)")
-    ap.add_argument("--gallery", type=Path, required=True, help="gallery manifest with a split column")
+    ap.add_argument("--gallery", type=Path, help="gallery manifest with a split column")
     ap.add_argument("--base", type=Path, default=HERE / "efficientnet_lite0.onnx")
+    ap.add_argument("--pooled-base", type=Path, metavar="OUT",
+                    help="only write the base with the head's pooling (regional GeM) to OUT, "
+                         "the model to export the training vectors with, and stop")
     ap.add_argument("--out", type=Path, default=HERE / "lite0_lw256.onnx")
     ap.add_argument("--dim", type=int, default=256)
-    ap.add_argument("--shrink", type=float, default=0.2)
-    ap.add_argument("--epochs", type=int, default=4, help="contrastive fine-tuning epochs (0: whitening only)")
+    ap.add_argument("--shrink", type=float, default=0.4)
+    ap.add_argument("--epochs", type=int, default=2, help="contrastive fine-tuning epochs (0: whitening only)")
     ap.add_argument("--tau", type=float, default=0.1, help="softmax temperature of the fine-tuning")
     ap.add_argument("--lr", type=float, default=3e-2, help="Adam step, as a share of the mean |weight|")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0, help="order of the fine-tuning batches")
-    ap.add_argument("--in-dim", type=int, default=1280)
     args = ap.parse_args()
+    if args.pooled_base:
+        model = regional_gem(onnx.load(str(args.base)))
+        args.pooled_base.write_bytes(model.SerializeToString())
+        print(f"wrote {args.pooled_base}: {args.base.name} with regional GeM pooling")
+        return
+    if not args.vectors or not args.gallery:
+        ap.error("--vectors and --gallery are required (unless --pooled-base)")
+    args.in_dim = 1280 * len(WINDOWS)
 
     with open(args.gallery, newline="") as fh:
         rows = list(csv.DictReader(fh))

@@ -189,9 +189,14 @@ fn python_peers_run_on_the_export_and_agree_with_marklens() {
     .unwrap();
     // The reference computes the same embedding from the same photo. Its numpy
     // port of the mark finding resamples with Pillow, so a crop can differ by a
-    // pixel: close, not identical.
-    assert!(f(&peers["reference"]["vector_cosine_min"]) > 0.99);
-    assert!(f(&peers["reference"]["vector_cosine_mean"]) > 0.998);
+    // pixel: close, not identical. The quadrant pooling sees where the strokes
+    // are, so a crop one pixel off moves the worst photo's vector a little more
+    // (0.9899 at worst when the pooling came in).
+    let (min, mean) = (
+        f(&peers["reference"]["vector_cosine_min"]),
+        f(&peers["reference"]["vector_cosine_mean"]),
+    );
+    assert!(min > 0.98 && mean > 0.998, "cosine min {min}, mean {mean}");
     assert!(f(&peers["reference"]["latency_ratio_marklens_over_reference"]) > 0.0);
     // pHash finds exact copies and is scored on the same queries.
     assert_eq!(f(&peers["phash"]["clean"]["recall_at_1"]), 1.0);
