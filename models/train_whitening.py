@@ -180,8 +180,8 @@ def regional_gem(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def append_head(base: Path, out: Path, mean: np.ndarray, proj: np.ndarray) -> None:
-    model = regional_gem(onnx.load(str(base)))
+def append_head(model: onnx.ModelProto, out: Path, mean: np.ndarray, proj: np.ndarray) -> None:
+    """Appends the head to `model` (the pooled backbone) and writes it to `out`."""
     g = model.graph
     feat = g.output[0].name
     raw = feat + "_backbone"
@@ -221,14 +221,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0, help="order of the fine-tuning batches")
     args = ap.parse_args()
+    pooled = regional_gem(onnx.load(str(args.base)))
     if args.pooled_base:
-        model = regional_gem(onnx.load(str(args.base)))
-        args.pooled_base.write_bytes(model.SerializeToString())
+        args.pooled_base.write_bytes(pooled.SerializeToString())
         print(f"wrote {args.pooled_base}: {args.base.name} with regional GeM pooling")
         return
     if not args.vectors or not args.gallery:
         ap.error("--vectors and --gallery are required (unless --pooled-base)")
-    args.in_dim = 1280 * len(WINDOWS)
+    args.in_dim = pooled.graph.output[0].type.tensor_type.shape.dim[1].dim_value
 
     with open(args.gallery, newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -265,7 +265,7 @@ def main() -> None:
     if args.epochs:
         brands = np.array([brand[ids[i]] for i in train_rows])
         proj = refine(mean, proj, train, brands, qvec, pairs, args)
-    append_head(args.base, args.out, mean, proj)
+    append_head(pooled, args.out, mean, proj)
     digest = hashlib.sha256(args.out.read_bytes()).hexdigest()
     print(f"wrote {args.out} ({args.out.stat().st_size} bytes) sha256 {digest}")
 
