@@ -527,6 +527,18 @@ async fn grpcurl_sees_health_reflection_enroll_and_search() {
         "{found}"
     );
     assert_eq!(reply["decision"], "DECISION_UNCALIBRATED");
+    // The knockouts switch is in the published schema (grpcurl refuses unknown
+    // fields), and the mark is still found first with it.
+    let search = serde_json::json!({"image": image, "topK": 1, "knockouts": true});
+    let found = run(
+        &["-d", "@"],
+        &["marklens.v1.Matcher/Search"],
+        Some(search.to_string()),
+    )
+    .await
+    .unwrap();
+    let again: serde_json::Value = serde_json::from_str(&found).unwrap();
+    assert_eq!(again["matches"][0]["mark"]["id"], id.as_str(), "{found}");
     server.stop().await;
 }
 

@@ -143,7 +143,7 @@ impl BenchReport {
         let _ = writeln!(
             md,
             "Gallery: {} marks ({} real, {} distractors), {} vectors, index `{}`. \
-             Queries: {} ({} open-set), manifest `{}`.\n",
+             Queries: {} ({} open-set), manifest `{}`, knockouts {}.\n",
             e.gallery_marks,
             c.real_marks,
             c.distractors,
@@ -151,7 +151,12 @@ impl BenchReport {
             e.index,
             e.queries,
             e.open_set_queries,
-            c.query_manifest
+            c.query_manifest,
+            if e.knockouts {
+                "searched"
+            } else {
+                "not searched"
+            }
         );
         let _ = writeln!(
             md,

@@ -405,6 +405,9 @@ pub struct Evaluation {
     pub index: String,
     pub queries: usize,
     pub open_set_queries: usize,
+    /// Whether the queries were searched for knocked-out marks
+    /// ([`SearchOptions::knockouts`]).
+    pub knockouts: bool,
     /// Per group (levels, variant kinds) and "all" (every closed-set query).
     pub groups: Vec<GroupResult>,
     /// "No match" decision at 1% and 0.1% false-positive rate, on the verified
@@ -458,6 +461,8 @@ pub struct RetrievalConfig {
     pub hnsw: HnswParams,
     /// Where to write query vectors for the peers, if anywhere.
     pub export: Option<PathBuf>,
+    /// Search the queries for knocked-out marks ([`SearchOptions::knockouts`]).
+    pub knockouts: bool,
 }
 
 /// What the per-query passes record.
@@ -486,6 +491,7 @@ pub fn evaluate(
 ) -> Result<Evaluation, BenchError> {
     let options = SearchOptions {
         top_k: 10,
+        knockouts: config.knockouts,
         ..SearchOptions::default()
     };
     let mut failures = Vec::new();
@@ -609,6 +615,7 @@ pub fn evaluate(
         index,
         queries: queries.len(),
         open_set_queries,
+        knockouts: config.knockouts,
         groups,
         open_set,
         open_set_embedding,

@@ -100,6 +100,10 @@ pub struct RunArgs {
     /// stored calibration is used, if any.
     #[arg(long, value_name = "CSV")]
     pub calibration: Option<PathBuf>,
+    /// Search the queries for marks knocked out of solid blocks (`marklens search
+    /// --knockouts`).
+    #[arg(long)]
+    pub knockouts: bool,
 }
 
 pub fn run(global: &Global, command: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -353,6 +357,7 @@ fn run_retrieval(global: &Global, args: RunArgs) -> anyhow::Result<ExitCode> {
         },
         hnsw: engine.config().hnsw,
         export: args.export.clone(),
+        knockouts: args.knockouts,
     };
     if let Some(dir) = &config.export {
         std::fs::create_dir_all(dir)?;

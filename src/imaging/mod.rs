@@ -8,6 +8,7 @@
 //! [`ImageError`] rather than a panic or an out-of-memory kill.
 
 pub mod keypoints;
+mod knockout;
 pub mod normalise;
 mod upright;
 
@@ -189,8 +190,9 @@ pub struct Input {
 
 impl Preprocess {
     /// The model input and keypoints of one image, one view per entry its framing
-    /// gives.
-    pub fn input(&self, image: &RgbImage) -> Input {
+    /// gives; `knockouts` also looks for marks knocked out of tilted blocks
+    /// ([`normalise::views`]).
+    pub fn input(&self, image: &RgbImage, knockouts: bool) -> Input {
         let views = match self.framing {
             Framing::Whole => {
                 let tensor = self.tensor(&[image]);
@@ -200,7 +202,7 @@ impl Preprocess {
                     keypoints: vec![Keypoints::of(&grey)],
                 };
             }
-            Framing::Mark => normalise::views(image),
+            Framing::Mark => normalise::views(image, knockouts),
         };
         let rgb: Vec<RgbImage> = views
             .iter()

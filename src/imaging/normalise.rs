@@ -13,7 +13,9 @@
 //! 3. Otsu's threshold on that distance separates ink from ground, and the crop is
 //!    the box around the ink (trimmed of stray specks) with a small margin;
 //! 4. the crop is redrawn as ink strength, dark on white;
-//! 5. the redrawn crop is turned square to the frame ([`upright`]).
+//! 5. the redrawn crop is turned square to the frame ([`upright`]);
+//! 6. a crop that is a solid block (a label seen whole, or a mark knocked out of
+//!    a block of colour, see [`super::knockout`]) is looked inside again.
 //!
 //! The same function runs on enrolled marks and on photos, so both meet in one
 //! space. Colour and polarity are dropped on purpose: a recoloured or
@@ -21,6 +23,7 @@
 
 use image::{GrayImage, ImageBuffer, Luma, Pixel, RgbImage};
 
+use super::knockout::holes_box;
 use super::upright::upright;
 
 /// Side of the working copy on which the ground is fitted and the ink is found.
@@ -54,14 +57,18 @@ pub const MAX_VIEWS: usize = 3;
 /// it is a solid block: a label seen whole against a table, or a block of colour
 /// with the mark knocked out of it, as printed on packaging. The photo is then
 /// cropped to the inside of the block and searched again, which finds what is
-/// printed on (or knocked out of) the block, as a further view.
+/// printed on (or knocked out of) the block, as a further view. With `knockouts`,
+/// a block that does not fill its crop (tilted, or beside a label's edge) is
+/// also known by its shape, and its holes are searched ([`super::knockout`]).
+/// That is for photos only, on request: a recorded mark is drawn plainly, and a
+/// photo pays a view for it about one time in eight.
 ///
 /// An image with no ink at all (a blank page) is redrawn whole. Each view is
 /// turned upright ([`upright`]) and given in grey, ink strength dark on white.
-pub fn views(image: &RgbImage) -> Vec<GrayImage> {
+pub fn views(image: &RgbImage, knockouts: bool) -> Vec<GrayImage> {
     let found = normalise(image).unwrap_or_else(|| Found::whole(image));
     let mut out = Vec::with_capacity(MAX_VIEWS);
-    let mut next = found.block_inside();
+    let mut next = found.block_inside(knockouts);
     out.push(upright(found.view));
     while let Some((x0, y0, x1, y1)) = next {
         if out.len() == MAX_VIEWS {
@@ -72,7 +79,7 @@ pub fn views(image: &RgbImage) -> Vec<GrayImage> {
             break;
         };
         next = inner
-            .block_inside()
+            .block_inside(knockouts)
             .map(|b| (b.0 + x0, b.1 + y0, b.2 + x0, b.3 + y0));
         out.push(upright(inner.view));
     }
@@ -87,6 +94,9 @@ struct Found {
     ink_in_view: (u32, u32, u32, u32),
     /// The same box in the pixels of the image searched.
     ink_in_image: (u32, u32, u32, u32),
+    /// The box around the holes of the ink when it is a holed block, in the
+    /// pixels of the image searched.
+    holes_in_image: Option<(u32, u32, u32, u32)>,
 }
 
 impl Found {
@@ -98,23 +108,28 @@ impl Found {
             view: redraw(image, &ground, MIN_THRESHOLD, (0, 0, w, h)),
             ink_in_view: (0, 0, w, h),
             ink_in_image: (0, 0, w, h),
+            holes_in_image: None,
         }
     }
 
-    /// If the ink box is mostly ink, its inside (inset by [`BLOCK_EDGE`]) in the
-    /// image's pixels, when big enough to search.
-    fn block_inside(&self) -> Option<(u32, u32, u32, u32)> {
-        if edge_share(&self.view, self.ink_in_view) <= BLOCK_SHARE {
+    /// Where to look inside a block, in the image's pixels, when big enough to
+    /// search: the ink box inset by [`BLOCK_EDGE`] if the box is mostly ink along
+    /// its edge, else (with `knockouts`) the box around the holes of a holed block.
+    fn block_inside(&self, knockouts: bool) -> Option<(u32, u32, u32, u32)> {
+        let b = if edge_share(&self.view, self.ink_in_view) > BLOCK_SHARE {
+            let (x0, y0, x1, y1) = self.ink_in_image;
+            let inset = (BLOCK_EDGE * f64::from((x1 - x0).max(y1 - y0))).round() as u32;
+            (
+                x0 + inset,
+                y0 + inset,
+                x1.saturating_sub(inset),
+                y1.saturating_sub(inset),
+            )
+        } else if knockouts {
+            self.holes_in_image?
+        } else {
             return None;
-        }
-        let (x0, y0, x1, y1) = self.ink_in_image;
-        let inset = (BLOCK_EDGE * f64::from((x1 - x0).max(y1 - y0))).round() as u32;
-        let b = (
-            x0 + inset,
-            y0 + inset,
-            x1.saturating_sub(inset),
-            y1.saturating_sub(inset),
-        );
+        };
         (b.2 >= b.0 + MIN_BLOCK_SIDE && b.3 >= b.1 + MIN_BLOCK_SIDE).then_some(b)
     }
 }
@@ -145,6 +160,11 @@ fn normalise(image: &RgbImage) -> Option<Found> {
         h,
     );
     let ink = scale_box(inner, scale, w, h);
+    let mask: Vec<bool> = distance.iter().map(|d| *d > threshold).collect();
+    let holes_in_image = holes_box(&mask, sw).map(|b| {
+        let m = MARGIN * (b.2 - b.0).max(b.3 - b.1);
+        scale_box((b.0 - m, b.1 - m, b.2 + m, b.3 + m), scale, w, h)
+    });
     let ink_in_view = (
         ink.0 - outer.0,
         ink.1 - outer.1,
@@ -155,6 +175,7 @@ fn normalise(image: &RgbImage) -> Option<Found> {
         view: redraw(image, &ground, threshold, outer),
         ink_in_view,
         ink_in_image: ink,
+        holes_in_image,
     })
 }
 
@@ -484,7 +505,7 @@ mod tests {
     }
 
     fn mark(image: &RgbImage) -> GrayImage {
-        views(image).remove(0)
+        views(image, true).remove(0)
     }
 
     #[test]
@@ -554,9 +575,9 @@ mod tests {
                 [235, 230, 220]
             })
         });
-        let block_views = views(&block);
+        let block_views = views(&block, false);
         assert_eq!(block_views.len(), 2, "a block is looked inside");
-        let plain_views = views(&card(200, [235, 230, 220], [30, 30, 120], bar));
+        let plain_views = views(&card(200, [235, 230, 220], [30, 30, 120], bar), true);
         assert_eq!(plain_views.len(), 1, "nothing is printed on the bar");
         let (inside, plain) = (&block_views[1], &plain_views[0]);
         let (iw, ih) = inside.dimensions();
@@ -576,7 +597,31 @@ mod tests {
                 [235, 230, 220]
             })
         });
-        assert_eq!(views(&outline).len(), 1);
+        assert_eq!(views(&outline, true).len(), 1);
+    }
+
+    #[test]
+    fn a_tilted_block_is_looked_inside_by_its_holes() {
+        // A block turned by 20 degrees (its ink box's edge is mostly paper) with a
+        // bar knocked out; the view inside is the bar, upright, dark on white.
+        let (c, s) = (20f64.to_radians().cos(), 20f64.to_radians().sin());
+        let image = RgbImage::from_fn(300, 300, |x, y| {
+            let (dx, dy) = (f64::from(x) - 150.0, f64::from(y) - 150.0);
+            let (u, v) = (c * dx + s * dy, -s * dx + c * dy);
+            let block = u.abs() < 80.0 && v.abs() < 60.0;
+            let bar = u.abs() < 60.0 && v.abs() < 30.0;
+            Rgb(if block && !bar {
+                [25, 110, 40]
+            } else {
+                [238, 232, 220]
+            })
+        });
+        assert_eq!(views(&image, false).len(), 1, "only when asked");
+        let v = views(&image, true);
+        assert_eq!(v.len(), 2, "the block is looked inside");
+        let (w, h) = v[1].dimensions();
+        assert!(2 * w > 3 * h, "the bar lies flat: {w}x{h}");
+        assert_eq!(v[1].get_pixel(w / 2, h / 2), &Luma([0]), "the bar is ink");
     }
 
     #[test]
@@ -595,7 +640,7 @@ mod tests {
                 [140, 90, 50]
             })
         });
-        let v = views(&image);
+        let v = views(&image, false);
         assert_eq!(v.len(), MAX_VIEWS);
         let (w, h) = v[2].dimensions();
         assert!((40..=56).contains(&w) && (80..=100).contains(&h), "{w}x{h}");

@@ -148,6 +148,7 @@ pub fn options_from_proto(request: &pb::SearchRequest) -> Result<SearchOptions, 
                 .collect(),
             holder: non_empty(&filter.holder),
         },
+        knockouts: request.knockouts,
     })
 }
 
@@ -173,6 +174,7 @@ pub fn options_to_proto(options: &SearchOptions) -> pb::SearchRequest {
                 .collect(),
             holder: options.filter.holder.clone().unwrap_or_default(),
         }),
+        knockouts: options.knockouts,
     }
 }
 
@@ -291,4 +293,27 @@ fn code_from_name(name: &str) -> i32 {
     (0..=16)
         .find(|&c| code_name(Code::from_i32(c)) == name)
         .unwrap_or(Code::Unknown as i32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_options_survive_the_trip_through_a_request() {
+        let options = SearchOptions {
+            top_k: 7,
+            min_score: 0.25,
+            filter: SearchFilter {
+                nice_classes: vec![9, 25],
+                statuses: vec![],
+                holder: Some("acme".into()),
+            },
+            knockouts: true,
+        };
+        let back = options_from_proto(&options_to_proto(&options)).unwrap();
+        assert_eq!(back, options);
+        let default = options_from_proto(&pb::SearchRequest::default()).unwrap();
+        assert_eq!(default, SearchOptions::default());
+    }
 }
