@@ -8,7 +8,7 @@
 //! shadow, it does not. This module looks at the shape of the ink instead: the
 //! largest piece of ink, with its holes filled, is a block when it is nearly
 //! convex, mostly ink and holed. The box around its holes is then where the mark
-//! is, and it is searched as a further view.
+//! is, and a search that asks for knockouts searches it as a further view.
 
 use imageproc::geometry::convex_hull;
 use imageproc::point::Point;
@@ -24,7 +24,7 @@ const MIN_HOLES: f64 = 0.02;
 /// Smallest solidity (filled area over its convex hull's) of a block: labels,
 /// badges and discs are convex; the outline of an ordinary mark is not.
 const MIN_SOLIDITY: f64 = 0.9;
-/// Smallest side of the holes' box, as a share of the block's longer side: a
+/// Smallest longer side of the holes' box, as a share of the block's: a
 /// knocked-out mark fills its block, the counter of a bold letter or the eyes of
 /// a face do not (searching those would cost a view and find little).
 const MIN_SPAN: f64 = 0.65;

@@ -66,20 +66,20 @@ pub const MAX_VIEWS: usize = 3;
 /// An image with no ink at all (a blank page) is redrawn whole. Each view is
 /// turned upright ([`upright`]) and given in grey, ink strength dark on white.
 pub fn views(image: &RgbImage, knockouts: bool) -> Vec<GrayImage> {
-    let found = normalise(image).unwrap_or_else(|| Found::whole(image));
+    let found = normalise(image, knockouts).unwrap_or_else(|| Found::whole(image));
     let mut out = Vec::with_capacity(MAX_VIEWS);
-    let mut next = found.block_inside(knockouts);
+    let mut next = found.block_inside();
     out.push(upright(found.view));
     while let Some((x0, y0, x1, y1)) = next {
         if out.len() == MAX_VIEWS {
             break;
         }
         let zoomed = image::imageops::crop_imm(image, x0, y0, x1 - x0, y1 - y0).to_image();
-        let Some(inner) = normalise(&zoomed) else {
+        let Some(inner) = normalise(&zoomed, knockouts) else {
             break;
         };
         next = inner
-            .block_inside(knockouts)
+            .block_inside()
             .map(|b| (b.0 + x0, b.1 + y0, b.2 + x0, b.3 + y0));
         out.push(upright(inner.view));
     }
@@ -94,8 +94,8 @@ struct Found {
     ink_in_view: (u32, u32, u32, u32),
     /// The same box in the pixels of the image searched.
     ink_in_image: (u32, u32, u32, u32),
-    /// The box around the holes of the ink when it is a holed block, in the
-    /// pixels of the image searched.
+    /// The box around the holes of the ink when it is a holed block and that was
+    /// asked for, in the pixels of the image searched.
     holes_in_image: Option<(u32, u32, u32, u32)>,
 }
 
@@ -114,8 +114,8 @@ impl Found {
 
     /// Where to look inside a block, in the image's pixels, when big enough to
     /// search: the ink box inset by [`BLOCK_EDGE`] if the box is mostly ink along
-    /// its edge, else (with `knockouts`) the box around the holes of a holed block.
-    fn block_inside(&self, knockouts: bool) -> Option<(u32, u32, u32, u32)> {
+    /// its edge, else the box around the holes of a holed block, if sought.
+    fn block_inside(&self) -> Option<(u32, u32, u32, u32)> {
         let b = if edge_share(&self.view, self.ink_in_view) > BLOCK_SHARE {
             let (x0, y0, x1, y1) = self.ink_in_image;
             let inset = (BLOCK_EDGE * f64::from((x1 - x0).max(y1 - y0))).round() as u32;
@@ -125,18 +125,17 @@ impl Found {
                 x1.saturating_sub(inset),
                 y1.saturating_sub(inset),
             )
-        } else if knockouts {
-            self.holes_in_image?
         } else {
-            return None;
+            self.holes_in_image?
         };
         (b.2 >= b.0 + MIN_BLOCK_SIDE && b.3 >= b.1 + MIN_BLOCK_SIDE).then_some(b)
     }
 }
 
 /// Finds the mark in `image` and redraws its box as ink strength on white; `None`
-/// if nothing in it stands out from the ground.
-fn normalise(image: &RgbImage) -> Option<Found> {
+/// if nothing in it stands out from the ground. With `knockouts`, also looks for
+/// a holed block in the ink ([`holes_box`]).
+fn normalise(image: &RgbImage, knockouts: bool) -> Option<Found> {
     let small = downscale(image, WORK_SIDE);
     let ground = Ground::fit(&small);
     let (sw, sh) = small.dimensions();
@@ -160,11 +159,16 @@ fn normalise(image: &RgbImage) -> Option<Found> {
         h,
     );
     let ink = scale_box(inner, scale, w, h);
-    let mask: Vec<bool> = distance.iter().map(|d| *d > threshold).collect();
-    let holes_in_image = holes_box(&mask, sw).map(|b| {
-        let m = MARGIN * (b.2 - b.0).max(b.3 - b.1);
-        scale_box((b.0 - m, b.1 - m, b.2 + m, b.3 + m), scale, w, h)
-    });
+    let holes_in_image = knockouts
+        .then(|| {
+            let mask: Vec<bool> = distance.iter().map(|d| *d > threshold).collect();
+            holes_box(&mask, sw)
+        })
+        .flatten()
+        .map(|b| {
+            let m = MARGIN * (b.2 - b.0).max(b.3 - b.1);
+            scale_box((b.0 - m, b.1 - m, b.2 + m, b.3 + m), scale, w, h)
+        });
     let ink_in_view = (
         ink.0 - outer.0,
         ink.1 - outer.1,
