@@ -507,14 +507,16 @@ async fn grpcurl_sees_health_reflection_enroll_and_search() {
     .await
     .unwrap();
     assert!(enrolled.contains("ENROLL_OUTCOME_CREATED"), "{enrolled}");
-    let search = serde_json::json!({"image": image, "topK": 1});
-    let found = run(
-        &["-d", "@"],
-        &["marklens.v1.Matcher/Search"],
-        Some(search.to_string()),
-    )
-    .await
-    .unwrap();
+    let search = |body: serde_json::Value| {
+        run(
+            &["-d", "@"],
+            &["marklens.v1.Matcher/Search"],
+            Some(body.to_string()),
+        )
+    };
+    let found = search(serde_json::json!({"image": image, "topK": 1}))
+        .await
+        .unwrap();
     let reply: serde_json::Value = serde_json::from_str(&found).unwrap();
     assert_eq!(reply["matches"][0]["mark"]["id"], id.as_str());
     assert_eq!(reply["matches"][0]["mark"]["fields"]["name"], "via grpcurl");
@@ -529,14 +531,9 @@ async fn grpcurl_sees_health_reflection_enroll_and_search() {
     assert_eq!(reply["decision"], "DECISION_UNCALIBRATED");
     // The knockouts switch is in the published schema (grpcurl refuses unknown
     // fields), and the mark is still found first with it.
-    let search = serde_json::json!({"image": image, "topK": 1, "knockouts": true});
-    let found = run(
-        &["-d", "@"],
-        &["marklens.v1.Matcher/Search"],
-        Some(search.to_string()),
-    )
-    .await
-    .unwrap();
+    let found = search(serde_json::json!({"image": image, "topK": 1, "knockouts": true}))
+        .await
+        .unwrap();
     let again: serde_json::Value = serde_json::from_str(&found).unwrap();
     assert_eq!(again["matches"][0]["mark"]["id"], id.as_str(), "{found}");
     server.stop().await;

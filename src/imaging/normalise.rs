@@ -144,20 +144,10 @@ fn normalise(image: &RgbImage, knockouts: bool) -> Option<Found> {
         .map(|(x, y, px)| ground.distance(px.0, coord(x, sw), coord(y, sh)))
         .collect();
     let threshold = otsu(&distance).max(MIN_THRESHOLD);
-    let (inner, margin) = ink_box(&distance, sw, threshold)?;
+    let inner = ink_box(&distance, sw, threshold)?;
     let (w, h) = image.dimensions();
     let scale = f64::from(w) / f64::from(sw);
-    let outer = scale_box(
-        (
-            inner.0 - margin,
-            inner.1 - margin,
-            inner.2 + margin,
-            inner.3 + margin,
-        ),
-        scale,
-        w,
-        h,
-    );
+    let outer = scale_box(with_margin(inner), scale, w, h);
     let ink = scale_box(inner, scale, w, h);
     let holes_in_image = knockouts
         .then(|| {
@@ -165,10 +155,7 @@ fn normalise(image: &RgbImage, knockouts: bool) -> Option<Found> {
             holes_box(&mask, sw)
         })
         .flatten()
-        .map(|b| {
-            let m = MARGIN * (b.2 - b.0).max(b.3 - b.1);
-            scale_box((b.0 - m, b.1 - m, b.2 + m, b.3 + m), scale, w, h)
-        });
+        .map(|b| scale_box(with_margin(b), scale, w, h));
     let ink_in_view = (
         ink.0 - outer.0,
         ink.1 - outer.1,
@@ -405,13 +392,13 @@ fn otsu(values: &[f32]) -> f32 {
 }
 
 /// The box `(x0, y0, x1, y1)` (exclusive ends, in work pixels, fractional) around
-/// the pixels over `threshold`, trimmed of stray specks, and the margin to add
-/// around it; `None` if there are too few.
+/// the pixels over `threshold`, trimmed of stray specks; `None` if there are too
+/// few.
 pub(super) fn ink_box(
     distance: &[f32],
     width: u32,
     threshold: f32,
-) -> Option<((f64, f64, f64, f64), f64)> {
+) -> Option<(f64, f64, f64, f64)> {
     let w = width as usize;
     let h = distance.len() / w.max(1);
     // Ink pixels counted per column and per row: the quantiles below are read
@@ -439,7 +426,14 @@ pub(super) fn ink_box(
     };
     let (x0, x1) = (at(&columns, TRIM), at(&columns, 1.0 - TRIM) + 1.0);
     let (y0, y1) = (at(&rows, TRIM), at(&rows, 1.0 - TRIM) + 1.0);
-    Some(((x0, y0, x1, y1), MARGIN * (x1 - x0).max(y1 - y0)))
+    Some((x0, y0, x1, y1))
+}
+
+/// The box `b` grown on every side by [`MARGIN`] of its longer side: a crop
+/// around ink, so the model sees the ink's outline whole.
+pub(super) fn with_margin(b: (f64, f64, f64, f64)) -> (f64, f64, f64, f64) {
+    let m = MARGIN * (b.2 - b.0).max(b.3 - b.1);
+    (b.0 - m, b.1 - m, b.2 + m, b.3 + m)
 }
 
 /// A work-pixel box scaled by `scale` to full-image pixels and clamped to it;

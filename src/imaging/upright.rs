@@ -19,7 +19,7 @@
 
 use image::{GrayImage, Luma};
 
-use super::normalise::{downscale_grey, ink_box, scale_box};
+use super::normalise::{downscale_grey, ink_box, scale_box, with_margin};
 
 /// Side of the copy on which the tilt is measured.
 const SKEW_SIDE: u32 = 128;
@@ -140,15 +140,10 @@ fn rotate(view: &GrayImage, angle: f64) -> GrayImage {
 fn crop_to_ink(view: GrayImage) -> GrayImage {
     let (w, h) = view.dimensions();
     let strength: Vec<f32> = view.pixels().map(|p| 255.0 - f32::from(p[0])).collect();
-    let Some(((x0, y0, x1, y1), margin)) = ink_box(&strength, w, CROP_INK) else {
+    let Some(ink) = ink_box(&strength, w, CROP_INK) else {
         return view;
     };
-    let (cx0, cy0, cx1, cy1) = scale_box(
-        (x0 - margin, y0 - margin, x1 + margin, y1 + margin),
-        1.0,
-        w,
-        h,
-    );
+    let (cx0, cy0, cx1, cy1) = scale_box(with_margin(ink), 1.0, w, h);
     image::imageops::crop_imm(&view, cx0, cy0, cx1 - cx0, cy1 - cy0).to_image()
 }
 
