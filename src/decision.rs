@@ -11,6 +11,11 @@
 //! - at or above `match_from`, the best match is reported as a match. The threshold
 //!   is the lowest at which at least `min_precision` (99%) of the calibration photos
 //!   scoring that high had their mark ranked first;
+//! - the best match is also a match when at least `match_inlier_margin` more of its
+//!   corners line up with the photo than the runner-up's, chosen the same way. The
+//!   score alone rarely reaches 99% precision: a wrong mark can come close in cosine
+//!   and carry a few chance inliers, but it seldom beats the right one's inliers by
+//!   dozens, while a right mark found on a clear photo usually does;
 //! - in between, a possible match, for the officer to look at.
 //!
 //! Scores depend on the model and on the gallery (more marks, higher scores for
@@ -50,11 +55,34 @@ pub const DEFAULT_MAX_MISS: f64 = 0.01;
 /// Share of "match" decisions that must have the right mark first.
 pub const DEFAULT_MIN_PRECISION: f64 = 0.99;
 
+/// What a search's decision rests on.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Evidence {
+    /// Score of the best match (`None`: nothing came back).
+    pub top_score: Option<f32>,
+    /// How many more inliers the best match has than the runner-up (0 when it has
+    /// no more; all of its own when nothing else came back).
+    pub inlier_margin: u32,
+}
+
+impl Evidence {
+    /// The evidence of a ranked list, best first, given as (score, inliers).
+    pub fn of_ranked(ranked: impl IntoIterator<Item = (f32, u32)>) -> Evidence {
+        let mut ranked = ranked.into_iter();
+        let best = ranked.next();
+        let runner_up = ranked.next().map_or(0, |(_, inliers)| inliers);
+        Evidence {
+            top_score: best.map(|(score, _)| score),
+            inlier_margin: best.map_or(0, |(_, inliers)| inliers.saturating_sub(runner_up)),
+        }
+    }
+}
+
 /// One labelled calibration photo after search.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Labelled {
-    /// Score of the best match (`None`: nothing came back).
-    pub top_score: Option<f32>,
+    /// What its search found.
+    pub evidence: Evidence,
     /// The photo shows a recorded mark.
     pub recorded: bool,
     /// The best match is that mark (always false for unrecorded photos).
@@ -70,6 +98,11 @@ pub struct Calibration {
     pub match_from: f32,
     /// A best score below this is no match.
     pub no_match_below: f32,
+    /// A best match with at least this many more inliers than the runner-up is a
+    /// match too (scoring at least `no_match_below`). `None`: no margin reached the
+    /// precision, or the calibration predates the rule.
+    #[serde(default)]
+    pub match_inlier_margin: Option<u32>,
     /// The targets the thresholds were chosen for.
     pub max_miss: f64,
     pub min_precision: f64,
@@ -95,7 +128,9 @@ impl Calibration {
     /// `no_match_below` is the `max_miss` quantile of the recorded photos' best
     /// scores; `match_from` is the lowest best score at which the photos scoring at
     /// least that much reach `min_precision`, and never below `no_match_below`. If
-    /// no score reaches the precision, nothing is ever called a match.
+    /// no score reaches the precision, no score alone makes a match.
+    /// `match_inlier_margin` is then the lowest inlier margin at which the photos
+    /// called a match by either rule still reach `min_precision`.
     pub fn fit(
         photos: &[Labelled],
         max_miss: f64,
@@ -111,7 +146,7 @@ impl Calibration {
         let mut recorded: Vec<f32> = photos
             .iter()
             .filter(|p| p.recorded)
-            .map(|p| p.top_score.unwrap_or(f32::NEG_INFINITY))
+            .map(|p| p.evidence.top_score.unwrap_or(f32::NEG_INFINITY))
             .collect();
         if recorded.is_empty() {
             return Err(CalibrationError::NoRecorded);
@@ -123,7 +158,11 @@ impl Calibration {
 
         let mut ranked: Vec<(f32, bool)> = photos
             .iter()
-            .filter_map(|p| p.top_score.map(|s| (s, p.recorded && p.top_correct)))
+            .filter_map(|p| {
+                p.evidence
+                    .top_score
+                    .map(|s| (s, p.recorded && p.top_correct))
+            })
             .collect();
         ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
         let mut right = 0usize;
@@ -135,10 +174,12 @@ impl Calibration {
                 match_from = *score;
             }
         }
+        let match_from = match_from.max(no_match_below);
         Ok(Calibration {
             fingerprint: fingerprint.to_owned(),
-            match_from: match_from.max(no_match_below),
+            match_from,
             no_match_below,
+            match_inlier_margin: inlier_margin(photos, match_from, no_match_below, min_precision),
             max_miss,
             min_precision,
             recorded: recorded.len(),
@@ -147,29 +188,74 @@ impl Calibration {
         })
     }
 
-    /// The decision for a search whose best match scored `top` (`None`: no match
-    /// came back at all).
-    pub fn decide(&self, top: Option<f32>) -> Decision {
-        match top {
+    /// The decision for a search that found `evidence`.
+    pub fn decide(&self, evidence: Evidence) -> Decision {
+        let by_margin = self
+            .match_inlier_margin
+            .is_some_and(|m| evidence.inlier_margin >= m);
+        match evidence.top_score {
             Some(s) if s >= self.match_from => Decision::Match,
+            Some(s) if s >= self.no_match_below && by_margin => Decision::Match,
             Some(s) if s >= self.no_match_below => Decision::Possible,
             _ => Decision::NoMatch,
         }
     }
 }
 
+/// The lowest inlier margin at which the photos called a match, by it or by a
+/// score of at least `match_from`, reach `min_precision` (among photos scoring at
+/// least `no_match_below`); `None` if none does.
+fn inlier_margin(
+    photos: &[Labelled],
+    match_from: f32,
+    no_match_below: f32,
+    min_precision: f64,
+) -> Option<u32> {
+    let right = |p: &Labelled| p.recorded && p.top_correct;
+    let scored = |p: &&Labelled| p.evidence.top_score.is_some_and(|s| s >= no_match_below);
+    let by_score = |p: &Labelled| p.evidence.top_score.is_some_and(|s| s >= match_from);
+    let (mut right_so_far, mut called) = (0usize, 0usize);
+    let mut rest: Vec<(u32, bool)> = Vec::new();
+    for p in photos.iter().filter(scored) {
+        if by_score(p) {
+            right_so_far += usize::from(right(p));
+            called += 1;
+        } else {
+            rest.push((p.evidence.inlier_margin, right(p)));
+        }
+    }
+    rest.sort_by_key(|&(margin, _)| std::cmp::Reverse(margin));
+    let mut margin = None;
+    for (n, &(m, correct)) in rest.iter().enumerate() {
+        right_so_far += usize::from(correct);
+        called += 1;
+        let last_of_tie = rest.get(n + 1).is_none_or(|next| next.0 < m);
+        if m > 0 && last_of_tie && right_so_far as f64 >= min_precision * called as f64 {
+            margin = Some(m);
+        }
+    }
+    margin
+}
+
 /// The decision under an optional calibration.
-pub fn decide(calibration: Option<&Calibration>, top: Option<f32>) -> Decision {
-    calibration.map_or(Decision::Uncalibrated, |c| c.decide(top))
+pub fn decide(calibration: Option<&Calibration>, evidence: Evidence) -> Decision {
+    calibration.map_or(Decision::Uncalibrated, |c| c.decide(evidence))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn scored(score: f32) -> Evidence {
+        Evidence {
+            top_score: Some(score),
+            inlier_margin: 0,
+        }
+    }
+
     fn recorded(score: f32, correct: bool) -> Labelled {
         Labelled {
-            top_score: Some(score),
+            evidence: scored(score),
             recorded: true,
             top_correct: correct,
         }
@@ -177,10 +263,15 @@ mod tests {
 
     fn unrecorded(score: f32) -> Labelled {
         Labelled {
-            top_score: Some(score),
+            evidence: scored(score),
             recorded: false,
             top_correct: false,
         }
+    }
+
+    fn with_margin(mut photo: Labelled, inlier_margin: u32) -> Labelled {
+        photo.evidence.inlier_margin = inlier_margin;
+        photo
     }
 
     #[test]
@@ -192,7 +283,7 @@ mod tests {
         let c = Calibration::fit(&photos, 0.01, 0.99, "m", 10).unwrap();
         let missed = photos
             .iter()
-            .filter(|p| c.decide(p.top_score) == Decision::NoMatch)
+            .filter(|p| c.decide(p.evidence) == Decision::NoMatch)
             .count();
         assert_eq!(missed, 2);
         assert_eq!(c.recorded, 200);
@@ -211,10 +302,10 @@ mod tests {
         photos.extend((0..50).map(|i| unrecorded(0.3 + i as f32 / 1000.0)));
         let c = Calibration::fit(&photos, 0.01, 0.995, "m", 10).unwrap();
         assert_eq!(c.match_from, 0.87);
-        assert_eq!(c.decide(Some(0.95)), Decision::Match);
-        assert_eq!(c.decide(Some(0.83)), Decision::Possible);
-        assert_eq!(c.decide(Some(0.2)), Decision::NoMatch);
-        assert_eq!(c.decide(None), Decision::NoMatch);
+        assert_eq!(c.decide(scored(0.95)), Decision::Match);
+        assert_eq!(c.decide(scored(0.83)), Decision::Possible);
+        assert_eq!(c.decide(scored(0.2)), Decision::NoMatch);
+        assert_eq!(c.decide(Evidence::default()), Decision::NoMatch);
         assert_eq!(c.unrecorded, 52);
     }
 
@@ -223,7 +314,7 @@ mod tests {
         let photos = vec![recorded(0.9, false), recorded(0.8, true), unrecorded(0.95)];
         let c = Calibration::fit(&photos, 0.01, 0.99, "m", 3).unwrap();
         assert_eq!(c.match_from, f32::INFINITY);
-        assert_eq!(c.decide(Some(1.0)), Decision::Possible);
+        assert_eq!(c.decide(scored(1.0)), Decision::Possible);
     }
 
     #[test]
@@ -236,6 +327,63 @@ mod tests {
             Calibration::fit(&[recorded(0.5, true)], 0.0, 0.99, "m", 1),
             Err(CalibrationError::Target { .. })
         ));
-        assert_eq!(decide(None, Some(0.9)), Decision::Uncalibrated);
+        assert_eq!(decide(None, scored(0.9)), Decision::Uncalibrated);
+    }
+
+    #[test]
+    fn an_inlier_margin_makes_a_match_where_the_score_cannot() {
+        // Scores say nothing: right and wrong answers all score 0.60-0.69. Right
+        // answers beat their runner-up by 30-79 inliers, wrong ones by at most 12,
+        // except one wrong answer with a margin of 40 among 50 right ones above it.
+        let mut photos: Vec<_> = (0..50)
+            .map(|i| with_margin(recorded(0.6 + i as f32 / 1000.0, true), 30 + i))
+            .collect();
+        photos.extend(
+            (0..30).map(|i| with_margin(recorded(0.65 + i as f32 / 1000.0, false), i % 13)),
+        );
+        photos.push(with_margin(unrecorded(0.69), 40));
+        photos.extend((0..30).map(|i| with_margin(unrecorded(0.61 + i as f32 / 1000.0), i % 9)));
+        let c = Calibration::fit(&photos, 0.01, 0.98, "m", 10).unwrap();
+        assert_eq!(c.match_from, f32::INFINITY);
+        // 50 right and 1 wrong from 30 up: 98.0%; from 13 down wrong ones join.
+        assert_eq!(c.match_inlier_margin, Some(30));
+        let margin = |m| Evidence {
+            top_score: Some(0.65),
+            inlier_margin: m,
+        };
+        assert_eq!(c.decide(margin(30)), Decision::Match);
+        assert_eq!(c.decide(margin(29)), Decision::Possible);
+        // Below the no-match threshold no margin makes a match.
+        let weak = Evidence {
+            top_score: Some(c.no_match_below - 0.01),
+            inlier_margin: 100,
+        };
+        assert_eq!(c.decide(weak), Decision::NoMatch);
+        // At 99.5% the wrong answer at 40 cannot be outweighed: the margin must
+        // clear it.
+        let strict = Calibration::fit(&photos, 0.01, 0.995, "m", 10).unwrap();
+        assert_eq!(strict.match_inlier_margin, Some(41));
+    }
+
+    #[test]
+    fn evidence_of_a_ranked_list() {
+        let e = Evidence::of_ranked([(0.9, 50), (0.8, 12), (0.7, 70)]);
+        assert_eq!((e.top_score, e.inlier_margin), (Some(0.9), 38));
+        assert_eq!(Evidence::of_ranked([(0.9, 5), (0.8, 12)]).inlier_margin, 0);
+        assert_eq!(Evidence::of_ranked([(0.9, 5)]).inlier_margin, 5);
+        assert_eq!(Evidence::of_ranked([]), Evidence::default());
+    }
+
+    #[test]
+    fn calibrations_stored_before_the_margin_rule_still_load() {
+        let old = r#"{"fingerprint":"m","match_from":1.1,"no_match_below":0.4,
+            "max_miss":0.01,"min_precision":0.99,"recorded":10,"unrecorded":5,"gallery":3}"#;
+        let c: Calibration = serde_json::from_str(old).unwrap();
+        assert_eq!(c.match_inlier_margin, None);
+        let e = Evidence {
+            top_score: Some(0.5),
+            inlier_margin: 1000,
+        };
+        assert_eq!(c.decide(e), Decision::Possible);
     }
 }

@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::decision::{self, Calibration, Decision, Labelled};
+use crate::decision::{self, Calibration, Decision, Evidence, Labelled};
 use crate::embed::{Backend, BackendChoice, EmbedError, Embedder, ModelSpec};
 use crate::imaging::{self, ImageError, Keypoints, Limits};
 use crate::index::{ExactIndex, HnswIndex, HnswParams, VectorIndex};
@@ -817,16 +817,22 @@ impl Engine {
         }
         let mut out = Vec::with_capacity(images.len());
         for chunk in images.chunks(EMBED_BATCH) {
-            out.extend(self.search_chunk(chunk, options));
+            out.extend(
+                self.search_chunk(chunk, options)
+                    .into_iter()
+                    .map(|r| r.map(|(result, _)| result)),
+            );
         }
         out
     }
 
+    /// Searches at most [`EMBED_BATCH`] images with valid `options`; each result
+    /// comes with the evidence its decision rests on.
     fn search_chunk(
         &self,
         images: &[&[u8]],
         options: &SearchOptions,
-    ) -> Vec<Result<SearchResult, EngineError>> {
+    ) -> Vec<Result<(SearchResult, Evidence), EngineError>> {
         let batch_start = Instant::now();
         let prepared = self.prepare(images, options.knockouts);
         let (vectors, embed_ms) = match self.embed_prepared(&prepared) {
@@ -844,19 +850,20 @@ impl Engine {
                 } = p?;
                 let views = vectors.next().expect("views per image");
                 let search_start = Instant::now();
-                let (matches, verify_ms) = self.rank(&views, &keypoints, options)?;
+                let (matches, evidence, verify_ms) = self.rank(&views, &keypoints, options)?;
                 timings.embed_ms = embed_ms;
                 timings.verify_ms = verify_ms;
                 timings.search_ms = ms(search_start.elapsed());
                 timings.total_ms = ms(batch_start.elapsed());
-                let decision = self.decide(matches.first().map(|m| m.score));
-                Ok(SearchResult {
+                let decision = self.decide(evidence);
+                let result = SearchResult {
                     matches,
                     decision,
                     timings,
                     query_views: views,
                     query_keypoints: keypoints,
-                })
+                };
+                Ok((result, evidence))
             })
             .collect()
     }
@@ -881,13 +888,14 @@ impl Engine {
     /// Candidates from the index for each view of the query, grouped by mark (the
     /// best pair of query view and mark view wins), filtered, verified against the
     /// query's keypoints when it has any ([`verify`]), thresholded and joined with
-    /// their records. Also returns the time verification took, in milliseconds.
+    /// their records. Also returns what the decision rests on (before `top_k` cuts
+    /// the runner-up off) and the time verification took, in milliseconds.
     fn rank(
         &self,
         views: &[Vec<f32>],
         keypoints: &[Keypoints],
         options: &SearchOptions,
-    ) -> Result<(Vec<Match>, f64), EngineError> {
+    ) -> Result<(Vec<Match>, Evidence, f64), EngineError> {
         let holder = options.filter.holder.as_ref().map(|h| h.to_lowercase());
         // Verification may lift any of the first DEPTH candidates to the top.
         let wanted = if keypoints.is_empty() {
@@ -925,7 +933,11 @@ impl Engine {
         let started = Instant::now();
         let mut ranked = self.verify_candidates(keypoints, best)?;
         let verify_ms = ms(started.elapsed());
+        let mut evidence = Evidence::of_ranked(ranked.iter().map(|c| (c.score, c.inliers)));
         ranked.retain(|c| c.score >= options.min_score);
+        if ranked.is_empty() {
+            evidence = Evidence::default();
+        }
         ranked.truncate(options.top_k);
         let store = self.lock_store();
         let mut matches = Vec::with_capacity(ranked.len());
@@ -941,7 +953,7 @@ impl Engine {
                 });
             }
         }
-        Ok((matches, verify_ms))
+        Ok((matches, evidence, verify_ms))
     }
 
     /// Verifies the first [`verify::DEPTH`] of `candidates` (mark ids with their
@@ -993,32 +1005,38 @@ impl Engine {
         Ok(out)
     }
 
-    /// The decision for a search whose best match scored `top`.
-    pub fn decide(&self, top: Option<f32>) -> Decision {
-        decision::decide(self.read_calibration().as_ref(), top)
+    /// The decision for a search that found `evidence`.
+    pub fn decide(&self, evidence: Evidence) -> Decision {
+        decision::decide(self.read_calibration().as_ref(), evidence)
     }
 
-    /// Fits the decision thresholds on labelled photos (searched as a client
-    /// would), stores them and decides every later search by them. `progress` is
-    /// told how many photos each step searched.
+    /// Fits the decision thresholds on labelled photos, stores them and decides
+    /// every later search by them. The photos are searched as a client would,
+    /// with the views `options` asks for (its `top_k`, `min_score` and `filter`
+    /// are ignored): fit with the views you serve with, since knockouts lift
+    /// some photos' top scores. `progress` is told how many photos each step
+    /// searched.
     pub fn calibrate(
         &self,
         photos: &[LabelledPhoto],
+        options: &SearchOptions,
         max_miss: f64,
         min_precision: f64,
         progress: &dyn Fn(usize),
     ) -> Result<Calibration, EngineError> {
         let options = SearchOptions {
             top_k: 1,
+            knockouts: options.knockouts,
             ..SearchOptions::default()
         };
         let mut labelled = Vec::with_capacity(photos.len());
         for chunk in photos.chunks(EMBED_BATCH) {
             let images: Vec<&[u8]> = chunk.iter().map(|p| p.image.as_slice()).collect();
-            for (photo, result) in chunk.iter().zip(self.search_many(&images, &options)) {
-                let top = result?.matches.into_iter().next();
+            for (photo, found) in chunk.iter().zip(self.search_chunk(&images, &options)) {
+                let (result, evidence) = found?;
+                let top = result.matches.into_iter().next();
                 labelled.push(Labelled {
-                    top_score: top.as_ref().map(|m| m.score),
+                    evidence,
                     recorded: !photo.right.is_empty(),
                     top_correct: top.is_some_and(|m| photo.right.contains(&m.record.id)),
                 });

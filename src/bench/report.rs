@@ -79,13 +79,16 @@ impl BenchReport {
             md,
             "Thresholds {source}: {} photos of recorded marks and {} of unrecorded ones, \
              gallery of {} marks. No match below {:.4} (at most {:.1}% of recorded photos); \
-             match from {:.4} (at least {:.1}% of calibration matches right).\n",
+             match from {:.4}{} (at least {:.1}% of calibration matches right).\n",
             c.recorded,
             c.unrecorded,
             c.gallery,
             c.no_match_below,
             c.max_miss * 100.0,
             c.match_from,
+            c.match_inlier_margin
+                .map(|m| format!(", or with {m} more inliers than the runner-up"))
+                .unwrap_or_default(),
             c.min_precision * 100.0
         );
         let _ = writeln!(

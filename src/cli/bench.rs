@@ -367,9 +367,17 @@ fn run_retrieval(global: &Global, args: RunArgs) -> anyhow::Result<ExitCode> {
         let photos = load_queries(path, global.max_image_bytes as u64)?;
         let photos = labelled_photos(&photos, &gallery, &relevance)?;
         let bar = progress(photos.len(), "calibrating");
-        engine.calibrate(&photos, DEFAULT_MAX_MISS, DEFAULT_MIN_PRECISION, &|n| {
-            bar.inc(n as u64)
-        })?;
+        let options = SearchOptions {
+            knockouts: args.knockouts,
+            ..SearchOptions::default()
+        };
+        engine.calibrate(
+            &photos,
+            &options,
+            DEFAULT_MAX_MISS,
+            DEFAULT_MIN_PRECISION,
+            &|n| bar.inc(n as u64),
+        )?;
         bar.finish_and_clear();
     }
     let calibration = engine.calibration();

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
+use marklens::SearchOptions;
 use marklens::bench::retrieval::{GalleryRow, load_queries, read_manifest};
 use marklens::decision::{Calibration, DEFAULT_MAX_MISS, DEFAULT_MIN_PRECISION};
 use marklens::engine::LabelledPhoto;
@@ -31,6 +32,10 @@ pub struct CalibrateArgs {
     /// Smallest share of "match" decisions that must be right.
     #[arg(long, default_value_t = DEFAULT_MIN_PRECISION)]
     pub min_precision: f64,
+    /// Search the photos for marks knocked out of solid blocks, as `search
+    /// --knockouts` does: calibrate with the views you will search with.
+    #[arg(long)]
+    pub knockouts: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -44,7 +49,11 @@ pub fn run(global: &Global, args: CalibrateArgs) -> anyhow::Result<ExitCode> {
     )?;
     let engine = global.open()?;
     let bar = progress(photos.len(), "calibrating");
-    let c = engine.calibrate(&photos, args.max_miss, args.min_precision, &|n| {
+    let options = SearchOptions {
+        knockouts: args.knockouts,
+        ..SearchOptions::default()
+    };
+    let c = engine.calibrate(&photos, &options, args.max_miss, args.min_precision, &|n| {
         bar.inc(n as u64)
     })?;
     bar.finish_and_clear();
@@ -110,8 +119,17 @@ pub fn print_calibration(c: &Calibration) {
         );
     } else {
         println!(
-            "  no score reached {:.1}% precision: searches will say \"possible\" at best",
+            "  no score alone reached {:.1}% precision",
             c.min_precision * 100.0
         );
+    }
+    match c.match_inlier_margin {
+        Some(m) => {
+            println!("  match also when the best match has {m} or more inliers than the runner-up")
+        }
+        None => println!("  no inlier margin reached that precision"),
+    }
+    if !c.match_from.is_finite() && c.match_inlier_margin.is_none() {
+        println!("  searches will say \"possible\" at best");
     }
 }

@@ -81,6 +81,7 @@ pub fn run(global: &Global, args: DemoArgs) -> anyhow::Result<ExitCode> {
         let photos = super::calibrate::labelled(&labelled, None, global.max_image_bytes)?;
         let c = engine.calibrate(
             &photos,
+            &marklens::SearchOptions::default(),
             marklens::decision::DEFAULT_MAX_MISS,
             marklens::decision::DEFAULT_MIN_PRECISION,
             &|_| {},
