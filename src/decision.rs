@@ -1,8 +1,8 @@
 //! The calibrated decision returned with every search: match, possible match or
 //! no match.
 //!
-//! An officer at a counter needs a verdict, not a cosine. The verdict comes from two
-//! score thresholds on the best match, chosen on labelled photos of marks that are
+//! An officer at a counter needs a verdict, not a cosine. The verdict comes from
+//! thresholds on the best match's score and inlier margin, chosen on labelled photos of marks that are
 //! recorded and of marks that are not (the benchmark's calibration split, or an
 //! operator's own photos), never on the photos a figure is reported for:
 //!
@@ -12,10 +12,11 @@
 //!   is the lowest at which at least `min_precision` (99%) of the calibration photos
 //!   scoring that high had their mark ranked first;
 //! - the best match is also a match when at least `match_inlier_margin` more of its
-//!   corners line up with the photo than the runner-up's, chosen the same way. The
-//!   score alone rarely reaches 99% precision: a wrong mark can come close in cosine
-//!   and carry a few chance inliers, but it seldom beats the right one's inliers by
-//!   dozens, while a right mark found on a clear photo usually does;
+//!   corners line up with the photo than any other verified candidate's, chosen the
+//!   same way. The score alone rarely reaches 99% precision: a wrong mark can come
+//!   close in cosine and carry a few chance inliers, but it seldom leads every rival
+//!   by dozens, while a right mark found on a clear photo usually does. Under a
+//!   filter (Nice class, status, holder) the rivals are the marks that pass it;
 //! - in between, a possible match, for the officer to look at.
 //!
 //! Scores depend on the model and on the gallery (more marks, higher scores for
@@ -60,20 +61,21 @@ pub const DEFAULT_MIN_PRECISION: f64 = 0.99;
 pub struct Evidence {
     /// Score of the best match (`None`: nothing came back).
     pub top_score: Option<f32>,
-    /// How many more inliers the best match has than the runner-up (0 when it has
-    /// no more; all of its own when nothing else came back).
+    /// How many more inliers the best match has than its strongest rival, the
+    /// other verified candidate with the most (0 when it has no more; all of its
+    /// own when nothing else was verified).
     pub inlier_margin: u32,
 }
 
 impl Evidence {
-    /// The evidence of a ranked list, best first, given as (score, inliers).
-    pub fn of_ranked(ranked: impl IntoIterator<Item = (f32, u32)>) -> Evidence {
-        let mut ranked = ranked.into_iter();
-        let best = ranked.next();
-        let runner_up = ranked.next().map_or(0, |(_, inliers)| inliers);
+    /// The evidence for `best` (score, inliers) against the inliers of every other
+    /// verified candidate. Not the runner-up by score: the score stops counting
+    /// inliers at [`crate::verify::CAP`], so a lower-scored rival may have more.
+    pub fn new(best: Option<(f32, u32)>, rivals: impl IntoIterator<Item = u32>) -> Evidence {
+        let rival = rivals.into_iter().max().unwrap_or(0);
         Evidence {
             top_score: best.map(|(score, _)| score),
-            inlier_margin: best.map_or(0, |(_, inliers)| inliers.saturating_sub(runner_up)),
+            inlier_margin: best.map_or(0, |(_, inliers)| inliers.saturating_sub(rival)),
         }
     }
 }
@@ -89,7 +91,7 @@ pub struct Labelled {
     pub top_correct: bool,
 }
 
-/// Score thresholds for the decision, and what they rest on.
+/// Thresholds for the decision, and what they rest on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Calibration {
     /// The vector space (model fingerprint) the scores belong to.
@@ -98,8 +100,8 @@ pub struct Calibration {
     pub match_from: f32,
     /// A best score below this is no match.
     pub no_match_below: f32,
-    /// A best match with at least this many more inliers than the runner-up is a
-    /// match too (scoring at least `no_match_below`). `None`: no margin reached the
+    /// A best match with at least this many more inliers than its strongest rival
+    /// is a match too (scoring at least `no_match_below`). `None`: no margin reached the
     /// precision, or the calibration predates the rule.
     #[serde(default)]
     pub match_inlier_margin: Option<u32>,
@@ -333,7 +335,7 @@ mod tests {
     #[test]
     fn an_inlier_margin_makes_a_match_where_the_score_cannot() {
         // Scores say nothing: right and wrong answers all score 0.60-0.69. Right
-        // answers beat their runner-up by 30-79 inliers, wrong ones by at most 12,
+        // answers lead their rivals by 30-79 inliers, wrong ones by at most 12,
         // except one wrong answer with a margin of 40 among 50 right ones above it.
         let mut photos: Vec<_> = (0..50)
             .map(|i| with_margin(recorded(0.6 + i as f32 / 1000.0, true), 30 + i))
@@ -366,12 +368,12 @@ mod tests {
     }
 
     #[test]
-    fn evidence_of_a_ranked_list() {
-        let e = Evidence::of_ranked([(0.9, 50), (0.8, 12), (0.7, 70)]);
-        assert_eq!((e.top_score, e.inlier_margin), (Some(0.9), 38));
-        assert_eq!(Evidence::of_ranked([(0.9, 5), (0.8, 12)]).inlier_margin, 0);
-        assert_eq!(Evidence::of_ranked([(0.9, 5)]).inlier_margin, 5);
-        assert_eq!(Evidence::of_ranked([]), Evidence::default());
+    fn the_margin_is_over_the_strongest_rival() {
+        let e = Evidence::new(Some((0.9, 80)), [12, 70, 3]);
+        assert_eq!((e.top_score, e.inlier_margin), (Some(0.9), 10));
+        assert_eq!(Evidence::new(Some((0.9, 5)), [12]).inlier_margin, 0);
+        assert_eq!(Evidence::new(Some((0.9, 5)), []).inlier_margin, 5);
+        assert_eq!(Evidence::new(None, [7]), Evidence::default());
     }
 
     #[test]

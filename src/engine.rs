@@ -888,8 +888,9 @@ impl Engine {
     /// Candidates from the index for each view of the query, grouped by mark (the
     /// best pair of query view and mark view wins), filtered, verified against the
     /// query's keypoints when it has any ([`verify`]), thresholded and joined with
-    /// their records. Also returns what the decision rests on (before `top_k` cuts
-    /// the runner-up off) and the time verification took, in milliseconds.
+    /// their records. Also returns what the decision rests on (the best match
+    /// against every verified candidate, before `top_k` cuts the list) and the
+    /// time verification took, in milliseconds.
     fn rank(
         &self,
         views: &[Vec<f32>],
@@ -931,17 +932,14 @@ impl Engine {
             best
         };
         let started = Instant::now();
-        let mut ranked = self.verify_candidates(keypoints, best)?;
+        let verified = self.verify_candidates(keypoints, best)?;
         let verify_ms = ms(started.elapsed());
-        let mut evidence = Evidence::of_ranked(ranked.iter().map(|c| (c.score, c.inliers)));
-        ranked.retain(|c| c.score >= options.min_score);
-        if ranked.is_empty() {
-            evidence = Evidence::default();
-        }
-        ranked.truncate(options.top_k);
         let store = self.lock_store();
-        let mut matches = Vec::with_capacity(ranked.len());
-        for c in ranked {
+        let mut matches = Vec::with_capacity(options.top_k);
+        for c in verified.iter().filter(|c| c.score >= options.min_score) {
+            if matches.len() == options.top_k {
+                break;
+            }
             // A mark removed between the index read and here is simply skipped.
             if let Some(record) = store.get(&c.mark_id)? {
                 matches.push(Match {
@@ -953,6 +951,14 @@ impl Engine {
                 });
             }
         }
+        // The decision weighs the best match against every other verified
+        // candidate, whatever `top_k` and `min_score` leave in the reply.
+        let best = matches.first();
+        let rivals = verified
+            .iter()
+            .filter(|c| best.is_some_and(|m| *c.mark_id != *m.record.id))
+            .map(|c| c.inliers);
+        let evidence = Evidence::new(best.map(|m| (m.score, m.inliers)), rivals);
         Ok((matches, evidence, verify_ms))
     }
 

@@ -9,7 +9,7 @@
 //! - [`index`]: vector -> nearest labelled vectors (exact or HNSW)
 //! - [`store`]: the recorded marks in SQLite, the source of truth
 //! - [`verify`]: keypoints of photo and candidates -> inliers -> re-ranked candidates
-//! - [`decision`]: calibrated thresholds turning a best score into match / possible / no match
+//! - [`decision`]: calibrated thresholds turning the best match's score and inlier margin into match / possible / no match
 //! - [`engine`]: the front door that ties them together: enrol, remove, search
 //! - [`report`]: screening reports (JSON, CSV, HTML) over search results
 //! - [`service`]: the gRPC API (server and client) over [`engine`]

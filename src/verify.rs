@@ -20,7 +20,8 @@
 //!
 //! Only candidates within [`WEIGHT`] of the best similarity are verified (by the
 //! engine): one further below cannot reach the first place whatever it verifies,
-//! so skipping it leaves the best match and the decision as they are.
+//! so skipping it leaves the best match as it is. The decision's inlier margin
+//! is taken over the verified candidates only.
 //!
 //! The constants were chosen on the calibration split only (docs/benchmarks.md).
 

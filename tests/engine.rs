@@ -377,7 +377,7 @@ fn calibration_decides_searches_and_survives_restart() {
         assert_eq!(result.decision, Decision::Match);
         // On the photos it was fitted on: at most 5% of the recorded ones are called
         // "no match", and at least 90% of the matches are right. A search returning
-        // one match decides as one returning five: the runner-up's inliers count
+        // one match decides as one returning five: every verified rival counts
         // either way.
         let one = SearchOptions {
             top_k: 1,
@@ -395,7 +395,7 @@ fn calibration_decides_searches_and_survives_restart() {
         }
         assert!(missed * 20 <= recorded, "{missed} of {recorded} missed");
         assert!(
-            right * 10 >= called * 9,
+            called > 0 && right * 10 >= called * 9,
             "{right} of {called} matches right"
         );
         // Thresholds made for another model are refused.
@@ -413,6 +413,46 @@ fn calibration_decides_searches_and_survives_restart() {
     assert_eq!(engine.calibration(), Some(calibration));
     let result = engine.search(&clean, &SearchOptions::default()).unwrap();
     assert_eq!(result.decision, Decision::Match);
+}
+
+#[test]
+fn a_lead_in_inliers_alone_makes_a_match() {
+    use marklens::decision::{Calibration, Decision};
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path());
+    let marks = gallery();
+    enroll_all(&engine, &marks);
+    let clean = std::fs::read(&marks[0].1).unwrap();
+    // Ten matches hold every verified candidate (verify::DEPTH).
+    let all = SearchOptions {
+        top_k: marklens::verify::DEPTH,
+        ..SearchOptions::default()
+    };
+    let found = engine.search(&clean, &all).unwrap();
+    let best = found.matches[0].inliers;
+    let rival = found.matches[1..].iter().map(|m| m.inliers).max().unwrap();
+    assert!(best > rival + 10, "{best} inliers against {rival}");
+    // No score is a match here: only the margin can make one.
+    let by_margin = |margin| Calibration {
+        fingerprint: engine.info().unwrap().fingerprint,
+        match_from: f32::INFINITY,
+        no_match_below: 0.0,
+        match_inlier_margin: margin,
+        max_miss: 0.01,
+        min_precision: 0.99,
+        recorded: 1,
+        unrecorded: 0,
+        gallery: marks.len(),
+    };
+    for (margin, decision) in [
+        (Some(best - rival), Decision::Match),
+        (Some(best - rival + 1), Decision::Possible),
+        (None, Decision::Possible),
+    ] {
+        engine.set_calibration(by_margin(margin)).unwrap();
+        let result = engine.search(&clean, &SearchOptions::default()).unwrap();
+        assert_eq!(result.decision, decision, "margin {margin:?}");
+    }
 }
 
 #[test]

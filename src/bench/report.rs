@@ -87,7 +87,7 @@ impl BenchReport {
             c.max_miss * 100.0,
             c.match_from,
             c.match_inlier_margin
-                .map(|m| format!(", or with {m} more inliers than the runner-up"))
+                .map(|m| format!(", or with {m} more inliers than any other candidate"))
                 .unwrap_or_default(),
             c.min_precision * 100.0
         );

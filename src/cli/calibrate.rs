@@ -125,9 +125,13 @@ pub fn print_calibration(c: &Calibration) {
     }
     match c.match_inlier_margin {
         Some(m) => {
-            println!("  match also when the best match has {m} or more inliers than the runner-up")
+            println!(
+                "  match also when the best match has {m} or more inliers than any other candidate"
+            )
         }
-        None => println!("  no inlier margin reached that precision"),
+        None => println!(
+            "  no match by inlier margin (none reached that precision, or the calibration predates the rule)"
+        ),
     }
     if !c.match_from.is_finite() && c.match_inlier_margin.is_none() {
         println!("  searches will say \"possible\" at best");
