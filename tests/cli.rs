@@ -342,6 +342,7 @@ fn calibrate_stores_thresholds_that_search_and_screen_report() {
         out.contains("marklens calibrate"),
         "uncalibrated is said: {out}"
     );
+    assert!(ok(&data, &["info"]).contains("decision: uncalibrated"));
 
     let queries = fixtures().join("queries-bench.csv");
     let out = ok(
@@ -363,6 +364,14 @@ fn calibrate_stores_thresholds_that_search_and_screen_report() {
     assert_eq!(c["recorded"], 85);
     assert_eq!(c["unrecorded"], 6);
     assert_eq!(c["gallery"], 300);
+    // `info` shows what was stored.
+    let info: serde_json::Value = serde_json::from_str(&ok(&data, &["info", "--json"])).unwrap();
+    assert_eq!(info["calibration"], c);
+    let out = ok(&data, &["info"]);
+    assert!(
+        out.contains("no match below") && out.contains("(fitted on 85 + 6 photos, 300 marks)"),
+        "{out}"
+    );
 
     // The stored thresholds decide later searches, in every output.
     let out = ok(&data, &["search", query.to_str().unwrap()]);

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Subcommand;
+use marklens::decision::Calibration;
 use marklens::{EngineConfig, ListQuery, MarkRecord, MarkStatus};
 
 use super::{Global, progress};
@@ -160,8 +161,20 @@ fn print_record(mark: &MarkRecord) {
 pub fn run_info(global: &Global, json: bool) -> anyhow::Result<ExitCode> {
     let engine = global.open()?;
     let info = engine.info()?;
+    let calibration = engine.calibration();
     if json {
-        println!("{}", serde_json::to_string_pretty(&info)?);
+        /// The engine's figures with the stored thresholds beside them.
+        #[derive(serde::Serialize)]
+        struct Out<'a> {
+            #[serde(flatten)]
+            info: &'a marklens::EngineInfo,
+            calibration: &'a Option<Calibration>,
+        }
+        let out = Out {
+            info: &info,
+            calibration: &calibration,
+        };
+        println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
     let rows = [
@@ -178,11 +191,35 @@ pub fn run_info(global: &Global, json: bool) -> anyhow::Result<ExitCode> {
         ("vectors", info.vectors.to_string()),
         ("source images", format!("{} bytes", info.image_bytes)),
         ("database", format!("{} bytes", info.database_bytes)),
+        ("decision", decision_rules(calibration.as_ref())),
     ];
     for (key, value) in rows {
         println!("{key:>16}: {value}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The stored decision thresholds in one line.
+fn decision_rules(calibration: Option<&Calibration>) -> String {
+    let Some(c) = calibration else {
+        return "uncalibrated (see `marklens calibrate`)".to_owned();
+    };
+    let mut matches = Vec::new();
+    if c.match_from.is_finite() {
+        matches.push(format!("score >= {:.4}", c.match_from));
+    }
+    if let Some(m) = c.match_inlier_margin {
+        matches.push(format!("inlier margin >= {m}"));
+    }
+    let matches = if matches.is_empty() {
+        "never".to_owned()
+    } else {
+        matches.join(" or ")
+    };
+    format!(
+        "no match below {:.4}, match when {matches} (fitted on {} + {} photos, {} marks)",
+        c.no_match_below, c.recorded, c.unrecorded, c.gallery
+    )
 }
 
 pub fn run_reembed(global: &Global) -> anyhow::Result<ExitCode> {
