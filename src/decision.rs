@@ -23,7 +23,7 @@
 //! unrecorded photos), so a calibration names the vector space it was made in and
 //! the gallery size, and is redone when either changes much.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// What a search concludes about its best match.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,7 +96,9 @@ pub struct Labelled {
 pub struct Calibration {
     /// The vector space (model fingerprint) the scores belong to.
     pub fingerprint: String,
-    /// A best score at or above this is a match.
+    /// A best score at or above this is a match; infinite when no score reached
+    /// the precision (stored as `null`).
+    #[serde(with = "score_or_never")]
     pub match_from: f32,
     /// A best score below this is no match.
     pub no_match_below: f32,
@@ -113,6 +115,21 @@ pub struct Calibration {
     pub unrecorded: usize,
     /// Marks in the gallery when calibrated.
     pub gallery: usize,
+}
+
+/// JSON has no infinity: serde_json would write an infinite `match_from` as
+/// `null` and then refuse to read it back, losing the calibration on restart.
+/// "Never" is stored as `null` on purpose and read back as infinite.
+mod score_or_never {
+    use super::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(score: &f32, to: S) -> Result<S::Ok, S::Error> {
+        score.is_finite().then_some(*score).serialize(to)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(from: D) -> Result<f32, D::Error> {
+        Ok(Option::<f32>::deserialize(from)?.unwrap_or(f32::INFINITY))
+    }
 }
 
 /// Why a calibration could not be made.
@@ -374,6 +391,21 @@ mod tests {
         assert_eq!(Evidence::new(Some((0.9, 5)), [12]).inlier_margin, 0);
         assert_eq!(Evidence::new(Some((0.9, 5)), []).inlier_margin, 5);
         assert_eq!(Evidence::new(None, [7]), Evidence::default());
+    }
+
+    #[test]
+    fn a_calibration_that_never_matches_by_score_survives_storage() {
+        let photos = vec![
+            with_margin(recorded(0.9, true), 60),
+            with_margin(recorded(0.8, false), 2),
+            unrecorded(0.95),
+        ];
+        let c = Calibration::fit(&photos, 0.01, 0.99, "m", 3).unwrap();
+        assert_eq!(c.match_from, f32::INFINITY);
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(json.contains(r#""match_from":null"#), "{json}");
+        let back: Calibration = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, c);
     }
 
     #[test]
