@@ -292,6 +292,7 @@ async fn every_rpc_over_loopback() {
         .into_inner();
     assert_eq!(figures.marks as usize, marks.len() - 1);
     assert_eq!(figures.dimensions, 256);
+    assert_eq!(figures.decision, None, "the data directory is uncalibrated");
     let search_stats = figures
         .methods
         .iter()
@@ -358,8 +359,43 @@ async fn searches_run_while_enrolling_and_nothing_is_lost_on_restart() {
     }
     server.stop().await;
 
+    // Thresholds stored while the server is down are served after the restart.
+    {
+        let engine = Engine::open(EngineConfig::new(dir.path())).unwrap();
+        let fingerprint = engine.info().unwrap().fingerprint;
+        engine
+            .set_calibration(marklens::decision::Calibration {
+                fingerprint,
+                match_from: f32::INFINITY,
+                no_match_below: 0.25,
+                match_inlier_margin: Some(30),
+                max_miss: 0.01,
+                min_precision: 0.99,
+                recorded: 40,
+                unrecorded: 8,
+                gallery: marks.len(),
+            })
+            .unwrap();
+    }
+
     // A new server on the same data directory finds every mark.
     let server = TestServer::start(dir.path(), |_| {}).await;
+    let decision = InfoClient::new(server.channel().await)
+        .get_info(pb::GetInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .decision
+        .unwrap();
+    assert_eq!(
+        (
+            decision.no_match_below,
+            decision.match_from,
+            decision.match_inlier_margin
+        ),
+        (0.25, None, Some(30))
+    );
+    assert_eq!((decision.recorded, decision.unrecorded), (40, 8));
     let mut matcher = MatcherClient::new(server.channel().await);
     for (id, path) in &marks {
         let reply = matcher

@@ -4,7 +4,7 @@
 use tonic::{Code, Status};
 
 use super::pb;
-use crate::decision::Decision;
+use crate::decision::{Calibration, Decision};
 use crate::engine::{
     EngineError, EnrollOutcome, Match, SearchFilter, SearchOptions, SearchResult, StageTimings,
 };
@@ -206,6 +206,19 @@ pub fn result_to_proto(request_id: String, result: &SearchResult) -> pb::SearchR
         timings: Some(timings_to_proto(&result.timings)),
         error: None,
         decision: decision_to_proto(result.decision) as i32,
+    }
+}
+
+pub fn thresholds_to_proto(c: &Calibration) -> pb::DecisionThresholds {
+    pb::DecisionThresholds {
+        no_match_below: c.no_match_below,
+        match_from: c.match_from.is_finite().then_some(c.match_from),
+        match_inlier_margin: c.match_inlier_margin,
+        max_miss: c.max_miss,
+        min_precision: c.min_precision,
+        recorded: c.recorded as u64,
+        unrecorded: c.unrecorded as u64,
+        gallery: c.gallery as u64,
     }
 }
 

@@ -401,8 +401,10 @@ impl pb::info_server::Info for InfoService {
         let deadline = state.deadline(&request);
         state
             .observed("marklens.v1.Info/GetInfo", async {
-                let info = state
-                    .engine_call(deadline, move |engine| engine.info())
+                let (info, calibration) = state
+                    .engine_call(deadline, move |engine| {
+                        Ok((engine.info()?, engine.calibration()))
+                    })
                     .await?;
                 Ok(Response::new(pb::InfoResponse {
                     model: info.model,
@@ -428,6 +430,7 @@ impl pb::info_server::Info for InfoService {
                         })
                         .collect(),
                     version: env!("CARGO_PKG_VERSION").to_owned(),
+                    decision: calibration.as_ref().map(convert::thresholds_to_proto),
                 }))
             })
             .await
