@@ -184,16 +184,9 @@ impl Calibration {
             })
             .collect();
         ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
-        let mut right = 0usize;
-        let mut match_from = f32::INFINITY;
-        for (n, (score, correct)) in ranked.iter().enumerate() {
-            right += usize::from(*correct);
-            let last_of_tie = ranked.get(n + 1).is_none_or(|next| next.0 < *score);
-            if last_of_tie && right as f64 >= min_precision * (n + 1) as f64 {
-                match_from = *score;
-            }
-        }
-        let match_from = match_from.max(no_match_below);
+        let match_from = lowest_precise(&ranked, (0, 0), min_precision)
+            .unwrap_or(f32::INFINITY)
+            .max(no_match_below);
         Ok(Calibration {
             fingerprint: fingerprint.to_owned(),
             match_from,
@@ -233,27 +226,41 @@ fn inlier_margin(
     let right = |p: &Labelled| p.recorded && p.top_correct;
     let scored = |p: &&Labelled| p.evidence.top_score.is_some_and(|s| s >= no_match_below);
     let by_score = |p: &Labelled| p.evidence.top_score.is_some_and(|s| s >= match_from);
-    let (mut right_so_far, mut called) = (0usize, 0usize);
+    // (right, called) among the photos the score already calls a match.
+    let mut by_score_alone = (0usize, 0usize);
     let mut rest: Vec<(u32, bool)> = Vec::new();
     for p in photos.iter().filter(scored) {
         if by_score(p) {
-            right_so_far += usize::from(right(p));
-            called += 1;
-        } else {
+            by_score_alone.0 += usize::from(right(p));
+            by_score_alone.1 += 1;
+        } else if p.evidence.inlier_margin > 0 {
             rest.push((p.evidence.inlier_margin, right(p)));
         }
     }
     rest.sort_by_key(|&(margin, _)| std::cmp::Reverse(margin));
-    let mut margin = None;
-    for (n, &(m, correct)) in rest.iter().enumerate() {
-        right_so_far += usize::from(correct);
+    lowest_precise(&rest, by_score_alone, min_precision)
+}
+
+/// The lowest threshold at which the photos called a match reach `min_precision`.
+/// `ranked` holds the further photos a threshold would call, highest value first,
+/// each with whether its best match is right; `(right, called)` counts the photos
+/// called a match whatever the threshold. Photos with equal values go in together.
+/// `None` if no threshold reaches the precision.
+fn lowest_precise<T: PartialOrd + Copy>(
+    ranked: &[(T, bool)],
+    (mut right, mut called): (usize, usize),
+    min_precision: f64,
+) -> Option<T> {
+    let mut lowest = None;
+    for (n, &(value, correct)) in ranked.iter().enumerate() {
+        right += usize::from(correct);
         called += 1;
-        let last_of_tie = rest.get(n + 1).is_none_or(|next| next.0 < m);
-        if m > 0 && last_of_tie && right_so_far as f64 >= min_precision * called as f64 {
-            margin = Some(m);
+        let last_of_tie = ranked.get(n + 1).is_none_or(|next| next.0 < value);
+        if last_of_tie && right as f64 >= min_precision * called as f64 {
+            lowest = Some(value);
         }
     }
-    margin
+    lowest
 }
 
 /// The decision under an optional calibration.
