@@ -96,6 +96,11 @@ pub struct Labelled {
 pub struct Calibration {
     /// The vector space (model fingerprint) the scores belong to.
     pub fingerprint: String,
+    /// How the scores were made from similarities and inliers
+    /// ([`crate::verify::SCORING`]); empty in calibrations stored before it was
+    /// recorded, which therefore match no scoring.
+    #[serde(default)]
+    pub scoring: String,
     /// A best score at or above this is a match; infinite when no score reached
     /// the precision (stored as `null`).
     #[serde(with = "score_or_never")]
@@ -104,7 +109,7 @@ pub struct Calibration {
     pub no_match_below: f32,
     /// A best match with at least this many more inliers than its strongest rival
     /// is a match too (scoring at least `no_match_below`). `None`: no margin reached the
-    /// precision, or the calibration predates the rule.
+    /// precision.
     #[serde(default)]
     pub match_inlier_margin: Option<u32>,
     /// The targets the thresholds were chosen for.
@@ -189,6 +194,7 @@ impl Calibration {
             .max(no_match_below);
         Ok(Calibration {
             fingerprint: fingerprint.to_owned(),
+            scoring: crate::verify::SCORING.to_owned(),
             match_from,
             no_match_below,
             match_inlier_margin: inlier_margin(photos, match_from, no_match_below, min_precision),
@@ -416,10 +422,13 @@ mod tests {
     }
 
     #[test]
-    fn calibrations_stored_before_the_margin_rule_still_load() {
+    fn calibrations_stored_before_the_margin_rule_still_parse() {
+        // The engine ignores them (no scoring is recorded), but reads them to
+        // say so in its warning on open.
         let old = r#"{"fingerprint":"m","match_from":1.1,"no_match_below":0.4,
             "max_miss":0.01,"min_precision":0.99,"recorded":10,"unrecorded":5,"gallery":3}"#;
         let c: Calibration = serde_json::from_str(old).unwrap();
+        assert_eq!(c.scoring, "");
         assert_eq!(c.match_inlier_margin, None);
         let e = Evidence {
             top_score: Some(0.5),

@@ -1077,6 +1077,13 @@ impl Engine {
                 self.embedder.fingerprint()
             )));
         }
+        if calibration.scoring != verify::SCORING {
+            return Err(EngineError::InvalidArgument(format!(
+                "calibration was made on scores computed as '{}', this engine scores as '{}'",
+                calibration.scoring,
+                verify::SCORING
+            )));
+        }
         let _writer = self.lock_writer();
         let json = serde_json::to_string(&calibration).expect("a calibration serialises");
         self.lock_store().set_meta(CALIBRATION_KEY, &json)?;
@@ -1238,19 +1245,26 @@ impl Engine {
     }
 }
 
-/// The stored calibration if it was made for `fingerprint`. One made for another
-/// model is ignored (with a warning) until the engine is calibrated again.
+/// The stored calibration if it was made for `fingerprint` and the current
+/// scoring ([`verify::SCORING`]). One made for another model, or on scores made
+/// another way, is ignored (with a warning) until the engine is calibrated again.
 fn load_calibration(store: &Store, fingerprint: &str) -> Result<Option<Calibration>, EngineError> {
     let Some(json) = store.meta(CALIBRATION_KEY)? else {
         return Ok(None);
     };
     match serde_json::from_str::<Calibration>(&json) {
-        Ok(c) if c.fingerprint == fingerprint => Ok(Some(c)),
-        Ok(c) => {
+        Ok(c) if c.fingerprint != fingerprint => {
             tracing::warn!(calibrated = %c.fingerprint, current = %fingerprint,
                 "the stored calibration is for another model; decisions are uncalibrated");
             Ok(None)
         }
+        Ok(c) if c.scoring != verify::SCORING => {
+            tracing::warn!(calibrated = %c.scoring, current = %verify::SCORING,
+                "the stored calibration was made on scores computed another way; \
+                 decisions are uncalibrated until `marklens calibrate` runs again");
+            Ok(None)
+        }
+        Ok(c) => Ok(Some(c)),
         Err(e) => {
             tracing::warn!(error = %e, "unreadable stored calibration; decisions are uncalibrated");
             Ok(None)
@@ -1423,4 +1437,53 @@ fn format_name(format: image::ImageFormat) -> String {
 
 fn ms(d: std::time::Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn calibration(fingerprint: &str, scoring: &str) -> Calibration {
+        Calibration {
+            fingerprint: fingerprint.into(),
+            scoring: scoring.into(),
+            match_from: 1.2,
+            no_match_below: 0.4,
+            match_inlier_margin: Some(17),
+            max_miss: 0.01,
+            min_precision: 0.99,
+            recorded: 10,
+            unrecorded: 5,
+            gallery: 3,
+        }
+    }
+
+    /// Thresholds fitted on scores made another way would decide wrongly: they
+    /// are not loaded, whichever of the model or the scoring changed.
+    #[test]
+    fn a_stored_calibration_loads_only_for_its_model_and_scoring() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join(DB_FILE)).unwrap();
+        assert_eq!(load_calibration(&store, "m").unwrap(), None);
+        let current = calibration("m", verify::SCORING);
+        for (stored, loads) in [
+            (current.clone(), true),
+            (calibration("another model", verify::SCORING), false),
+            (
+                calibration("m", "consensus-v1 depth=10 weight=0.2 cap=20"),
+                false,
+            ),
+        ] {
+            store
+                .set_meta(CALIBRATION_KEY, &serde_json::to_string(&stored).unwrap())
+                .unwrap();
+            let loaded = load_calibration(&store, "m").unwrap();
+            assert_eq!(loaded, loads.then(|| current.clone()), "{stored:?}");
+        }
+        // Stored before the scoring was recorded: the scores may differ, so not loaded.
+        let old = r#"{"fingerprint":"m","match_from":1.1,"no_match_below":0.4,
+            "max_miss":0.01,"min_precision":0.99,"recorded":10,"unrecorded":5,"gallery":3}"#;
+        store.set_meta(CALIBRATION_KEY, old).unwrap();
+        assert_eq!(load_calibration(&store, "m").unwrap(), None);
+    }
 }

@@ -1,8 +1,8 @@
 //! Geometric verification: does a candidate mark share the photo's parts, laid
 //! out the same way?
 //!
-//! The global embedding finds the right mark among the first ten candidates far
-//! more often than at the first place: lookalikes (another shield, another leaf)
+//! The global embedding finds the right mark among the first few dozen candidates
+//! far more often than at the first place: lookalikes (another shield, another leaf)
 //! score as high as the mark itself. Verification re-ranks those candidates by
 //! evidence the embedding does not weigh: corners of the photo's views
 //! ([`Keypoints`]) matched by descriptor to corners of the candidate's views, and
@@ -28,8 +28,15 @@
 use crate::imaging::Keypoints;
 use crate::seeded::SplitMix;
 
+/// Names the scoring: which candidates are verified, how their inliers are
+/// counted and how they are fused. A fused score, and a threshold calibrated on
+/// fused scores, mean the same only under the same scoring, so a calibration
+/// records it ([`crate::decision::Calibration::scoring`]). Any change to the
+/// constants below or to the consensus must change this name.
+pub const SCORING: &str = "consensus-v1 depth=30 weight=0.3 cap=30";
+
 /// How many of the best candidates by cosine are verified.
-pub const DEPTH: usize = 10;
+pub const DEPTH: usize = 30;
 /// A match is kept when its distance is below this share of the second best's.
 const RATIO: f32 = 0.85;
 /// Proposals tried per view pair.
@@ -44,9 +51,9 @@ const MIN_SPAN: f32 = 0.05;
 /// their ink, so the scale is near 1 unless the crop caught more or less).
 const SCALES: (f32, f32) = (0.5, 2.0);
 /// Inliers beyond this add nothing: past it, the candidate is verified.
-pub const CAP: u32 = 20;
+pub const CAP: u32 = 30;
 /// Score added by a fully verified candidate.
-pub const WEIGHT: f32 = 0.2;
+pub const WEIGHT: f32 = 0.3;
 
 /// The fused score of a candidate with cosine similarity `similarity` and
 /// `inliers` agreeing matches.
@@ -223,6 +230,17 @@ mod tests {
         assert_eq!(inliers(&[], &mark), 0);
         assert_eq!(inliers(&mark, &[]), 0);
         assert_eq!(inliers(&[Keypoints::default()], &mark), 0);
+    }
+
+    #[test]
+    fn the_scoring_names_its_constants() {
+        for part in [
+            format!("depth={DEPTH}"),
+            format!("weight={WEIGHT}"),
+            format!("cap={CAP}"),
+        ] {
+            assert!(SCORING.contains(&part), "{SCORING} lacks {part}");
+        }
     }
 
     #[test]

@@ -398,15 +398,21 @@ fn calibration_decides_searches_and_survives_restart() {
             called > 0 && right * 10 >= called * 9,
             "{right} of {called} matches right"
         );
-        // Thresholds made for another model are refused.
+        // Thresholds made for another model, or on scores made another way, are refused.
         let foreign = marklens::decision::Calibration {
             fingerprint: "another-model".into(),
             ..c.clone()
         };
-        assert!(matches!(
-            engine.set_calibration(foreign),
-            Err(EngineError::InvalidArgument(_))
-        ));
+        let rescored = marklens::decision::Calibration {
+            scoring: "another-scoring".into(),
+            ..c.clone()
+        };
+        for refused in [foreign, rescored] {
+            assert!(matches!(
+                engine.set_calibration(refused),
+                Err(EngineError::InvalidArgument(_))
+            ));
+        }
         c
     };
     let engine = open(dir.path());
@@ -423,7 +429,7 @@ fn a_lead_in_inliers_alone_makes_a_match() {
     let marks = gallery();
     enroll_all(&engine, &marks);
     let clean = std::fs::read(&marks[0].1).unwrap();
-    // Ten matches hold every verified candidate (verify::DEPTH).
+    // verify::DEPTH matches hold every verified candidate.
     let all = SearchOptions {
         top_k: marklens::verify::DEPTH,
         ..SearchOptions::default()
@@ -435,6 +441,7 @@ fn a_lead_in_inliers_alone_makes_a_match() {
     // No score is a match here: only the margin can make one.
     let by_margin = |margin| Calibration {
         fingerprint: engine.info().unwrap().fingerprint,
+        scoring: marklens::verify::SCORING.into(),
         match_from: f32::INFINITY,
         no_match_below: 0.0,
         match_inlier_margin: margin,

@@ -366,6 +366,7 @@ async fn searches_run_while_enrolling_and_nothing_is_lost_on_restart() {
         engine
             .set_calibration(marklens::decision::Calibration {
                 fingerprint,
+                scoring: marklens::verify::SCORING.into(),
                 match_from: f32::INFINITY,
                 no_match_below: 0.25,
                 match_inlier_margin: Some(30),
@@ -396,6 +397,7 @@ async fn searches_run_while_enrolling_and_nothing_is_lost_on_restart() {
         (0.25, None, Some(30))
     );
     assert_eq!((decision.recorded, decision.unrecorded), (40, 8));
+    assert_eq!(decision.scoring, marklens::verify::SCORING);
     let mut matcher = MatcherClient::new(server.channel().await);
     for (id, path) in &marks {
         let reply = matcher

@@ -179,7 +179,8 @@ impl BenchReport {
         );
         let _ = writeln!(
             md,
-            "## Retrieval verified (the exact top 10 re-ranked by geometric verification)\n"
+            "## Retrieval verified (the exact top {} re-ranked by geometric verification)\n",
+            crate::verify::DEPTH
         );
         retrieval_table(&mut md, &e.groups, |g| &g.verified);
         let _ = writeln!(

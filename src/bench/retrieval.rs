@@ -392,7 +392,7 @@ pub struct GroupResult {
     pub group: String,
     /// The global embedding alone, ranking the whole gallery.
     pub exact: RetrievalSummary,
-    /// The exact top 10 re-ranked by geometric verification.
+    /// The exact top [`verify::DEPTH`] re-ranked by geometric verification.
     pub verified: RetrievalSummary,
     pub served: RetrievalSummary,
 }
@@ -471,7 +471,7 @@ struct Scored {
     decision: Decision,
     top_correct: bool,
     outcome: QueryOutcome,
-    /// `outcome` with its top 10 re-ranked by verification.
+    /// `outcome` with its top [`verify::DEPTH`] re-ranked by verification.
     verified: QueryOutcome,
     /// The 10 best gallery rows for the query's first view, for the index's
     /// recall.
@@ -542,7 +542,7 @@ pub fn evaluate(
         progress();
     }
     // Pass 2, in parallel: exact ranks against every gallery vector, then the
-    // exact top 10 verified.
+    // exact top verify::DEPTH verified.
     let scored: Vec<Option<Scored>> = served
         .into_par_iter()
         .map(|s| {

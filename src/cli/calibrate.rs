@@ -103,8 +103,8 @@ pub fn labelled(
 pub fn print_calibration(c: &Calibration) {
     println!(
         "calibrated on {} photos of recorded marks and {} of unrecorded ones \
-             (gallery of {} marks, model {})",
-        c.recorded, c.unrecorded, c.gallery, c.fingerprint
+             (gallery of {} marks, model {}, scoring {})",
+        c.recorded, c.unrecorded, c.gallery, c.fingerprint, c.scoring
     );
     println!(
         "  no match below {:.4} (at most {:.1}% of recorded photos)",
@@ -129,9 +129,7 @@ pub fn print_calibration(c: &Calibration) {
                 "  match also when the best match has {m} or more inliers than any other candidate"
             )
         }
-        None => println!(
-            "  no match by inlier margin (none reached that precision, or the calibration predates the rule)"
-        ),
+        None => println!("  no match by inlier margin (none reached that precision)"),
     }
     if !c.match_from.is_finite() && c.match_inlier_margin.is_none() {
         println!("  searches will say \"possible\" at best");

@@ -219,6 +219,7 @@ pub fn thresholds_to_proto(c: &Calibration) -> pb::DecisionThresholds {
         recorded: c.recorded as u64,
         unrecorded: c.unrecorded as u64,
         gallery: c.gallery as u64,
+        scoring: c.scoring.clone(),
     }
 }
 
