@@ -64,7 +64,8 @@ const ORIENT_RADIUS: i32 = 12;
 const PATCH_RADIUS: f32 = 13.0;
 /// Descriptor length in bits.
 pub const BITS: usize = 256;
-const WORDS: usize = BITS / 64;
+/// Descriptor length in 64-bit words.
+pub const WORDS: usize = BITS / 64;
 
 /// The corners of one view and their descriptors.
 #[derive(Debug, Clone, Default, PartialEq)]
