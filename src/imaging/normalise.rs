@@ -271,12 +271,13 @@ impl Ground {
         for (c, out) in coef.iter_mut().enumerate() {
             let all: Vec<usize> = (0..samples.len()).collect();
             let first = least_squares(&samples, c, &all);
-            let residual = |i: &usize| {
-                let (b, px) = &samples[*i];
-                (dot6(&first, b) - f64::from(px[c])).abs()
-            };
+            // Each residual once, not once per comparison of the sort.
+            let residual: Vec<f64> = samples
+                .iter()
+                .map(|(b, px)| (dot6(&first, b) - f64::from(px[c])).abs())
+                .collect();
             let mut order = all.clone();
-            order.sort_by(|a, b| residual(a).total_cmp(&residual(b)));
+            order.sort_by(|a, b| residual[*a].total_cmp(&residual[*b]));
             let keep = ((1.0 - REFIT_DROP) * order.len() as f64).ceil() as usize;
             *out = least_squares(&samples, c, &order[..keep.max(6).min(order.len())]);
         }
