@@ -33,9 +33,10 @@ use crate::seeded::SplitMix;
 /// Names the scoring: which candidates are verified, how their inliers are
 /// counted and how they are fused. A fused score, and a threshold calibrated on
 /// fused scores, mean the same only under the same scoring, so a calibration
-/// records it ([`crate::decision::Calibration::scoring`]). Any change to the
-/// constants below or to the consensus must change this name.
-pub const SCORING: &str = "consensus-v1 depth=30 weight=0.3 cap=30";
+/// records it ([`crate::decision::Calibration::scoring`]). It spells out the
+/// constants below (a test holds it to them); a change to the consensus itself
+/// must change its version.
+pub const SCORING: &str = "consensus-v1 ratio=0.85 trials=300 tolerance=0.035 span=0.05 scales=0.5..2 depth=30 weight=0.3 cap=30";
 
 /// How many of the best candidates by cosine are verified.
 pub const DEPTH: usize = 30;
@@ -113,7 +114,7 @@ fn matches_avx512(a: &Keypoints, b: &Keypoints) -> Vec<(usize, usize)> {
     /// Added to the distance of padding lanes: above any real distance (at most
     /// 256), so padding is never nearest nor second nearest.
     const PAD: u64 = 1 << 20;
-    let n = b.len();
+    let n = b.descriptors.len();
     if n < 2 {
         return Vec::new();
     }
@@ -319,75 +320,107 @@ mod tests {
         assert_eq!(inliers(&[Keypoints::default()], &mark), 0);
     }
 
-    /// Random descriptors, a few repeated so that distances tie.
-    fn random_keypoints(seed: u64, n: usize) -> Keypoints {
+    fn random_descriptors(seed: u64, n: usize) -> Keypoints {
         let mut rng = SplitMix::new(seed);
         let mut k = Keypoints::default();
-        for i in 0..n {
-            let d = if i % 7 == 3 {
-                k.descriptors[i / 2]
-            } else {
-                std::array::from_fn(|_| rng.next_u64())
-            };
+        for _ in 0..n {
             k.points.push([0.5, 0.5]);
-            k.descriptors.push(d);
+            k.descriptors.push(std::array::from_fn(|_| rng.next_u64()));
         }
         k
     }
 
+    /// `d` with its first `bits` bits flipped: that far from `d` in Hamming distance.
+    fn flipped(
+        mut d: [u64; crate::imaging::keypoints::WORDS],
+        bits: u32,
+    ) -> [u64; crate::imaging::keypoints::WORDS] {
+        d[0] ^= (1u64 << bits) - 1;
+        d
+    }
+
+    /// Twenty photo corners, each planted among random candidate corners (about
+    /// 128 bits from anything) at chosen distances, in the same or another lane of
+    /// eight: (offset in the corner's slot of 16, distance). Ties and
+    /// second-nearest corners on either side of the ratio decide the matches.
+    fn planted() -> (Keypoints, Keypoints, Vec<(usize, usize)>) {
+        const CASES: [&[(usize, u32)]; 6] = [
+            &[(0, 3)],         // alone: kept
+            &[(0, 3), (8, 3)], // tied in the same lane: dropped
+            &[(0, 3), (1, 3)], // tied across lanes: dropped
+            &[(0, 3), (1, 4)], // second nearest in another lane, 3 < 0.85 x 4: kept
+            &[(0, 6), (9, 7)], // 6 >= 0.85 x 7, across lanes: dropped
+            &[(0, 6), (8, 8)], // 6 < 0.85 x 8, same lane: kept
+        ];
+        let a = random_descriptors(1, 20);
+        // Not a multiple of eight: the last lanes are padding.
+        let mut b = random_descriptors(2, 16 * 20 + 5);
+        let mut kept = Vec::new();
+        for (i, d) in a.descriptors.iter().enumerate() {
+            let case = CASES[i % CASES.len()];
+            for &(offset, bits) in case {
+                b.descriptors[16 * i + offset] = flipped(*d, bits);
+            }
+            if matches!(i % CASES.len(), 0 | 3 | 5) {
+                kept.push((i, 16 * i));
+            }
+        }
+        (a, b, kept)
+    }
+
+    #[test]
+    fn the_ratio_test_keeps_clear_nearest_corners_only() {
+        let (a, b, kept) = planted();
+        assert_eq!(matches_portable(&a, &b), kept);
+        assert_eq!(matches(&a, &b), kept);
+    }
+
     #[test]
     #[cfg(target_arch = "x86_64")]
-    fn every_matcher_finds_the_same_matches() {
+    fn the_wide_matcher_finds_what_the_portable_one_finds() {
         if !(std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512vpopcntdq"))
         {
             eprintln!("this CPU lacks AVX-512 VPOPCNTDQ: the 512-bit matcher is not compared");
             return;
         }
-        for (seed, (m, n)) in [
-            (1, 1),
+        let (a, b, _) = planted();
+        // SAFETY: the CPU has the instructions (checked above).
+        assert_eq!(unsafe { matches_avx512(&a, &b) }, matches_portable(&a, &b));
+        // Every candidate size around the lane width, and a full-size pair.
+        for (m, n) in [
+            (5, 0),
+            (5, 1),
             (5, 2),
             (40, 7),
             (40, 8),
             (40, 9),
             (400, 400),
-            (300, 17),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let a = random_keypoints(seed as u64, m);
-            // Half of the photo's descriptors reappear among the candidate's,
-            // slightly changed, so that the ratio test keeps some.
-            let mut b = random_keypoints(seed as u64 + 100, n);
-            for (j, d) in b
-                .descriptors
-                .iter_mut()
-                .enumerate()
-                .filter(|(j, _)| j % 2 == 0)
-            {
+        ] {
+            let a = random_descriptors(m as u64, m);
+            let mut b = random_descriptors(n as u64 + 100, n);
+            for (j, d) in b.descriptors.iter_mut().enumerate().step_by(2) {
                 if let Some(q) = a.descriptors.get(j) {
-                    *d = *q;
-                    d[j % WORDS] ^= 0b1011 << (j % 50);
+                    *d = flipped(*q, 3);
                 }
             }
             let portable = matches_portable(&a, &b);
-            // SAFETY: the CPU has the instructions (checked above).
-            let wide = unsafe { matches_avx512(&a, &b) };
-            assert_eq!(wide, portable, "{m} x {n}");
-            assert!(n < 16 || !portable.is_empty(), "{m} x {n}: nothing matched");
+            // SAFETY: as above.
+            assert_eq!(unsafe { matches_avx512(&a, &b) }, portable, "{m} x {n}");
+            assert!(n < 7 || !portable.is_empty(), "{m} x {n}: nothing matched");
         }
     }
 
     #[test]
     fn the_scoring_names_its_constants() {
-        for part in [
-            format!("depth={DEPTH}"),
-            format!("weight={WEIGHT}"),
-            format!("cap={CAP}"),
-        ] {
-            assert!(SCORING.contains(&part), "{SCORING} lacks {part}");
-        }
+        assert_eq!(
+            SCORING,
+            format!(
+                "consensus-v1 ratio={RATIO} trials={TRIALS} tolerance={TOLERANCE} \
+                 span={MIN_SPAN} scales={}..{} depth={DEPTH} weight={WEIGHT} cap={CAP}",
+                SCALES.0, SCALES.1
+            )
+        );
     }
 
     #[test]
