@@ -37,8 +37,14 @@ pub const DB_FILE: &str = "marks.db";
 /// Folder of the index snapshot inside a data directory.
 pub const SNAPSHOT_DIR: &str = "index";
 const LOCK_FILE: &str = "lock";
-/// Key of the calibration in the store's `meta` table.
-const CALIBRATION_KEY: &str = "calibration";
+/// Key of the calibration in the store's `meta` table. Calibrations that record
+/// their scoring live under a key of their own, so that an older marklens, which
+/// cannot tell, never reads thresholds fitted on scores it does not make (it
+/// keeps reading its own, under [`LEGACY_CALIBRATION_KEY`]).
+const CALIBRATION_KEY: &str = "calibration.scored";
+/// Where calibrations were stored before they recorded their scoring (fused
+/// scores of the first 10 candidates, bonus up to 0.2). Only read, to warn.
+const LEGACY_CALIBRATION_KEY: &str = "calibration";
 /// Images per model call: measured best throughput on 2 cores (docs/benchmarks.md).
 pub const EMBED_BATCH: usize = 8;
 /// Largest `top_k` a search may ask for.
@@ -369,7 +375,7 @@ pub struct Engine {
     embedder: Embedder,
     store: Mutex<Store>,
     searchable: RwLock<Searchable>,
-    /// Thresholds for the search decision, if calibrated for this model.
+    /// Thresholds for the search decision, if calibrated for this model and scoring.
     calibration: RwLock<Option<Calibration>>,
     /// Serialises writers (see the module docs).
     writer: Mutex<()>,
@@ -1068,7 +1074,7 @@ impl Engine {
     }
 
     /// Stores `calibration` and decides every later search by it. It must have been
-    /// made in this engine's vector space.
+    /// made in this engine's vector space and on its scores ([`verify::SCORING`]).
     pub fn set_calibration(&self, calibration: Calibration) -> Result<(), EngineError> {
         if calibration.fingerprint != self.embedder.fingerprint() {
             return Err(EngineError::InvalidArgument(format!(
@@ -1250,6 +1256,13 @@ impl Engine {
 /// another way, is ignored (with a warning) until the engine is calibrated again.
 fn load_calibration(store: &Store, fingerprint: &str) -> Result<Option<Calibration>, EngineError> {
     let Some(json) = store.meta(CALIBRATION_KEY)? else {
+        if store.meta(LEGACY_CALIBRATION_KEY)?.is_some() {
+            tracing::warn!(
+                "the stored calibration was fitted on the scores of an earlier marklens \
+                 (the first 10 candidates verified, bonus up to 0.2); decisions are \
+                 uncalibrated until `marklens calibrate` runs again"
+            );
+        }
         return Ok(None);
     };
     match serde_json::from_str::<Calibration>(&json) {
@@ -1465,6 +1478,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join(DB_FILE)).unwrap();
         assert_eq!(load_calibration(&store, "m").unwrap(), None);
+        // Stored by an earlier marklens, on other scores: not loaded alone, and
+        // left where that marklens reads it.
+        const OLD: &str = r#"{"fingerprint":"m","match_from":1.1,"no_match_below":0.4,
+            "max_miss":0.01,"min_precision":0.99,"recorded":10,"unrecorded":5,"gallery":3}"#;
+        store.set_meta(LEGACY_CALIBRATION_KEY, OLD).unwrap();
+        assert_eq!(load_calibration(&store, "m").unwrap(), None);
         let current = calibration("m", verify::SCORING);
         for (stored, loads) in [
             (current.clone(), true),
@@ -1480,10 +1499,8 @@ mod tests {
             let loaded = load_calibration(&store, "m").unwrap();
             assert_eq!(loaded, loads.then(|| current.clone()), "{stored:?}");
         }
-        // Stored before the scoring was recorded: the scores may differ, so not loaded.
-        let old = r#"{"fingerprint":"m","match_from":1.1,"no_match_below":0.4,
-            "max_miss":0.01,"min_precision":0.99,"recorded":10,"unrecorded":5,"gallery":3}"#;
-        store.set_meta(CALIBRATION_KEY, old).unwrap();
+        // Without its scoring, even under the current key: not loaded.
+        store.set_meta(CALIBRATION_KEY, OLD).unwrap();
         assert_eq!(load_calibration(&store, "m").unwrap(), None);
     }
 }
