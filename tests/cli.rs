@@ -342,7 +342,12 @@ fn calibrate_stores_thresholds_that_search_and_screen_report() {
         out.contains("marklens calibrate"),
         "uncalibrated is said: {out}"
     );
-    assert!(ok(&data, &["info"]).contains("decision: uncalibrated"));
+    let info = ok(&data, &["info"]);
+    assert!(info.contains("decision: uncalibrated"), "{info}");
+    assert!(
+        info.contains(&format!("scoring: {}", marklens::verify::SCORING)),
+        "{info}"
+    );
 
     let queries = fixtures().join("queries-bench.csv");
     let out = ok(

@@ -191,6 +191,7 @@ pub fn run_info(global: &Global, json: bool) -> anyhow::Result<ExitCode> {
         ("vectors", info.vectors.to_string()),
         ("source images", format!("{} bytes", info.image_bytes)),
         ("database", format!("{} bytes", info.database_bytes)),
+        ("scoring", marklens::verify::SCORING.to_owned()),
         ("decision", decision_rules(calibration.as_ref())),
     ];
     for (key, value) in rows {
@@ -202,7 +203,9 @@ pub fn run_info(global: &Global, json: bool) -> anyhow::Result<ExitCode> {
 /// The stored decision thresholds in one line.
 fn decision_rules(calibration: Option<&Calibration>) -> String {
     let Some(c) = calibration else {
-        return "uncalibrated (see `marklens calibrate`)".to_owned();
+        return "uncalibrated (see `marklens calibrate`; thresholds fitted for another \
+                model or scoring are not used)"
+            .to_owned();
     };
     let mut matches = Vec::new();
     if c.match_from.is_finite() {
