@@ -423,8 +423,8 @@ mod tests {
 
     #[test]
     fn calibrations_stored_before_the_margin_rule_still_parse() {
-        // The engine ignores them (no scoring is recorded), but reads them to
-        // say so in its warning on open.
+        // Reading one must not fail, so that the engine can tell why it does not
+        // apply (no scoring is recorded) rather than call it unreadable.
         let old = r#"{"fingerprint":"m","match_from":1.1,"no_match_below":0.4,
             "max_miss":0.01,"min_precision":0.99,"recorded":10,"unrecorded":5,"gallery":3}"#;
         let c: Calibration = serde_json::from_str(old).unwrap();

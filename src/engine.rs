@@ -1076,19 +1076,8 @@ impl Engine {
     /// Stores `calibration` and decides every later search by it. It must have been
     /// made in this engine's vector space and on its scores ([`verify::SCORING`]).
     pub fn set_calibration(&self, calibration: Calibration) -> Result<(), EngineError> {
-        if calibration.fingerprint != self.embedder.fingerprint() {
-            return Err(EngineError::InvalidArgument(format!(
-                "calibration was made for model {}, this engine runs {}",
-                calibration.fingerprint,
-                self.embedder.fingerprint()
-            )));
-        }
-        if calibration.scoring != verify::SCORING {
-            return Err(EngineError::InvalidArgument(format!(
-                "calibration was made on scores computed as '{}', this engine scores as '{}'",
-                calibration.scoring,
-                verify::SCORING
-            )));
+        if let Some(why) = foreign(&calibration, self.embedder.fingerprint()) {
+            return Err(EngineError::InvalidArgument(why));
         }
         let _writer = self.lock_writer();
         let json = serde_json::to_string(&calibration).expect("a calibration serialises");
@@ -1266,22 +1255,39 @@ fn load_calibration(store: &Store, fingerprint: &str) -> Result<Option<Calibrati
         return Ok(None);
     };
     match serde_json::from_str::<Calibration>(&json) {
-        Ok(c) if c.fingerprint != fingerprint => {
-            tracing::warn!(calibrated = %c.fingerprint, current = %fingerprint,
-                "the stored calibration is for another model; decisions are uncalibrated");
-            Ok(None)
-        }
-        Ok(c) if c.scoring != verify::SCORING => {
-            tracing::warn!(calibrated = %c.scoring, current = %verify::SCORING,
-                "the stored calibration was made on scores computed another way; \
-                 decisions are uncalibrated until `marklens calibrate` runs again");
-            Ok(None)
-        }
-        Ok(c) => Ok(Some(c)),
+        Ok(c) => match foreign(&c, fingerprint) {
+            None => Ok(Some(c)),
+            Some(why) => {
+                tracing::warn!(
+                    "the stored {why}; decisions are uncalibrated until `marklens calibrate` \
+                     runs again"
+                );
+                Ok(None)
+            }
+        },
         Err(e) => {
             tracing::warn!(error = %e, "unreadable stored calibration; decisions are uncalibrated");
             Ok(None)
         }
+    }
+}
+
+/// Why `c` cannot decide this engine's searches (made for another model than
+/// `fingerprint`, or on scores computed another way), or `None` if it can.
+fn foreign(c: &Calibration, fingerprint: &str) -> Option<String> {
+    if c.fingerprint != fingerprint {
+        Some(format!(
+            "calibration was made for model {}, this engine runs {fingerprint}",
+            c.fingerprint
+        ))
+    } else if c.scoring != verify::SCORING {
+        Some(format!(
+            "calibration was made on scores computed as '{}', this engine scores as '{}'",
+            c.scoring,
+            verify::SCORING
+        ))
+    } else {
+        None
     }
 }
 
