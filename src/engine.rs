@@ -12,10 +12,10 @@
 //! blocking and CPU-bound: async callers run them on a blocking pool.
 
 use std::collections::HashMap;
-use std::fs::File;
+use std::fs::{File, TryLockError};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ndarray::{Array4, Axis};
 use rayon::prelude::*;
@@ -37,6 +37,11 @@ pub const DB_FILE: &str = "marks.db";
 /// Folder of the index snapshot inside a data directory.
 pub const SNAPSHOT_DIR: &str = "index";
 const LOCK_FILE: &str = "lock";
+/// How long [`Engine::open`] waits for another holder to let go of the lock. A lock
+/// file's lock is held by every process that shares its open file, so a child that
+/// any thread of this process forks (to exec a tool) holds it until it execs, and a
+/// marklens being restarted may still be exiting: both let go within moments.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
 /// Key of the calibration in the store's `meta` table. Calibrations that record
 /// their scoring live under a key of their own, so that an older marklens, which
 /// cannot tell, never reads thresholds fitted on scores it does not make (it
@@ -402,9 +407,10 @@ impl Engine {
         };
         std::fs::create_dir_all(dir).map_err(io_err)?;
         let lock = File::create(dir.join(LOCK_FILE)).map_err(io_err)?;
-        if lock.try_lock().is_err() {
-            return Err(EngineError::Locked { path: dir.clone() });
-        }
+        take_lock(&lock, LOCK_WAIT).map_err(|e| match e {
+            TryLockError::WouldBlock => EngineError::Locked { path: dir.clone() },
+            TryLockError::Error(source) => io_err(source),
+        })?;
 
         let spec = match &config.model {
             Some(path) => ModelSpec::from_file(path)?,
@@ -1240,6 +1246,20 @@ impl Engine {
     }
 }
 
+/// Takes `file`'s exclusive lock, trying again until `wait` has passed while another
+/// holder has it.
+fn take_lock(file: &File, wait: Duration) -> Result<(), TryLockError> {
+    let started = Instant::now();
+    loop {
+        match file.try_lock() {
+            Err(TryLockError::WouldBlock) if started.elapsed() < wait => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            result => return result,
+        }
+    }
+}
+
 /// The stored calibration if it was made for `fingerprint` and the current
 /// scoring ([`verify::SCORING`]). One made for another model, or on scores made
 /// another way, is ignored (with a warning) until the engine is calibrated again.
@@ -1461,6 +1481,27 @@ fn ms(d: std::time::Duration) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A lock let go of while `take_lock` waits is taken; one held past the wait is
+    /// reported as held, not as an I/O error.
+    #[test]
+    fn the_lock_is_waited_for_briefly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LOCK_FILE);
+        let holder = File::create(&path).unwrap();
+        holder.lock().unwrap();
+        let other = File::create(&path).unwrap();
+        assert!(matches!(
+            take_lock(&other, Duration::from_millis(100)),
+            Err(TryLockError::WouldBlock)
+        ));
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            drop(holder);
+        });
+        take_lock(&other, Duration::from_secs(10)).unwrap();
+        release.join().unwrap();
+    }
 
     fn calibration(fingerprint: &str, scoring: &str) -> Calibration {
         Calibration {
