@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod convert;
+mod deadline;
 pub mod pool;
 mod server;
 pub mod stats;

@@ -8,6 +8,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{self, status};
+use super::deadline::{ClientDeadline, DeadlineLayer};
 use super::pb::{
     self, info_server::InfoServer, matcher_server::MatcherServer, registry_server::RegistryServer,
 };
@@ -37,22 +38,13 @@ impl ServiceState {
         }
     }
 
-    /// The request's deadline: its `grpc-timeout`, else the server default.
-    ///
-    /// tonic's transport also enforces `grpc-timeout`, but answers CANCELLED when it
-    /// expires; our deadline is set a little earlier (5%, at least 2 ms, at most
-    /// half the timeout) so the client is told DEADLINE_EXCEEDED, as gRPC specifies.
+    /// The request's deadline: its client's ([`ClientDeadline`]), else the server
+    /// default.
     fn deadline<T>(&self, request: &Request<T>) -> Option<Instant> {
-        let from_client = request
-            .metadata()
-            .get("grpc-timeout")
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_grpc_timeout);
-        let timeout = match from_client {
-            Some(t) => t - (t / 20).max(Duration::from_millis(2)).min(t / 2),
-            None => self.default_deadline?,
-        };
-        Some(Instant::now() + timeout)
+        match request.extensions().get::<ClientDeadline>() {
+            Some(ClientDeadline(at)) => Some(*at),
+            None => Some(Instant::now() + self.default_deadline?),
+        }
     }
 
     /// Runs `job` with the engine on the work pool (refused at once when the queue
@@ -80,21 +72,6 @@ impl ServiceState {
         self.stats.record(method, started.elapsed(), result.is_ok());
         result
     }
-}
-
-/// Parses a `grpc-timeout` header value: digits then a unit (H, M, S, m, u, n).
-fn parse_grpc_timeout(value: &str) -> Option<Duration> {
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.checked_mul(3600)?),
-        "M" => Duration::from_secs(n.checked_mul(60)?),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
 }
 
 fn enroll_request(request: pb::EnrollRequest) -> Result<EnrollRequest, Status> {
@@ -492,6 +469,7 @@ pub async fn serve(
     // delayed ACKs it adds ~40 ms to every call).
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
+        .layer(DeadlineLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -532,18 +510,4 @@ pub enum ServeError {
     Transport(tonic::transport::Error),
     #[error("flushing the store on shutdown: {0}")]
     Flush(String),
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_timeouts_parse() {
-        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
-        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
-        assert_eq!(parse_grpc_timeout("x"), None);
-        assert_eq!(parse_grpc_timeout(""), None);
-    }
 }
