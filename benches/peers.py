@@ -61,10 +61,11 @@ def percentiles(ms: list[float]) -> dict:
 
 
 # The mark-finding framing of src/imaging/normalise.rs (constants and steps
-# in the same order; see there for why).
+# in the same order; see there for why), framing tag mark-v3.
 WORK_SIDE, RING, REFIT_DROP, MIN_THRESHOLD = 128, 0.04, 0.2, 20.0
 TRIM, MARGIN, INK_QUANTILE = 0.005, 0.06, 0.9
 BLOCK_SHARE, BLOCK_EDGE, MIN_BLOCK_SIDE, MAX_VIEWS = 0.6, 0.04, 24, 3
+TABLE_CONTRAST, TABLE_MIN_SHARE, TABLE_MAX_COVER = 40.0, 0.1, 0.5
 # ... and of src/imaging/upright.rs.
 SKEW_SIDE, MIN_CLARITY, MIN_TILT_DEG, CROP_INK, ROTATE_SIDE = 128, 0.15, 1.0, 32.0, 320
 
@@ -87,20 +88,99 @@ def lstsq(b: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.linalg.solve(a, b.T @ y)
 
 
-def ground_fit(small: np.ndarray) -> np.ndarray:
-    h, w, _ = small.shape
+def ring_mask(h: int, w: int) -> np.ndarray:
     ring = max(int(rnd(RING * max(w, h))), 2)
     yy, xx = np.mgrid[0:h, 0:w]
-    m = (xx < ring) | (yy < ring) | (xx + ring >= w) | (yy + ring >= h)
-    b = basis(coords(w)[xx[m]], coords(h)[yy[m]])
+    return (xx < ring) | (yy < ring) | (xx + ring >= w) | (yy + ring >= h)
+
+
+def ring_samples(small: np.ndarray):
+    """Basis and colour of the border ring's pixels, in raster order."""
+    h, w, _ = small.shape
+    m = ring_mask(h, w)
+    yy, xx = np.mgrid[0:h, 0:w]
+    return basis(coords(w)[xx[m]], coords(h)[yy[m]]), small[m].astype(np.float64)
+
+
+def fit_samples(b: np.ndarray, cols: np.ndarray) -> np.ndarray:
     coef = np.zeros((3, 6))
     for c in range(3):
-        y = small[..., c][m].astype(np.float64)
+        y = cols[:, c]
         first = lstsq(b, y)
         order = np.argsort(np.abs(b @ first - y), kind="stable")
         keep = min(max(int(np.ceil((1 - REFIT_DROP) * len(order))), 6), len(order))
         coef[c] = lstsq(b[order[:keep]], y[order[:keep]])
     return coef
+
+
+def ground_fit(small: np.ndarray) -> np.ndarray:
+    return fit_samples(*ring_samples(small))
+
+
+def rgb_dist(a: np.ndarray, b) -> np.ndarray:
+    return np.sqrt(((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2).sum(-1))
+
+
+def two_means(cols: np.ndarray):
+    farthest = lambda frm: cols[int(np.argmax(rgb_dist(cols, frm)))]  # noqa: E731
+    b = farthest(cols.mean(0))
+    centres = [farthest(b), b]
+    second = np.zeros(len(cols), bool)
+    for _ in range(10):
+        second = rgb_dist(cols, centres[1]) < rgb_dist(cols, centres[0])
+        for k, members in enumerate([cols[~second], cols[second]]):
+            if len(members):
+                centres[k] = members.mean(0)
+    return centres, second
+
+
+def from_edge(like: np.ndarray) -> np.ndarray:
+    """Pixels of `like` reached from the image edge through `like` (4-connected)."""
+    reached = np.zeros_like(like)
+    reached[0, :], reached[-1, :], reached[:, 0], reached[:, -1] = like[0, :], like[-1, :], like[:, 0], like[:, -1]
+    while True:
+        grown = reached.copy()
+        grown[1:, :] |= reached[:-1, :]
+        grown[:-1, :] |= reached[1:, :]
+        grown[:, 1:] |= reached[:, :-1]
+        grown[:, :-1] |= reached[:, 1:]
+        grown &= like
+        if (grown == reached).all():
+            return reached
+        reached = grown
+
+
+def dilate(mask: np.ndarray) -> np.ndarray:
+    p = np.pad(mask, 1)
+    h, w = mask.shape
+    return np.any([p[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)], axis=0)
+
+
+def ground_and_table(small: np.ndarray):
+    """(ground coefficients, table mask over small or None)."""
+    b, cols = ring_samples(small)
+    everywhere = fit_samples(b, cols)
+    off = rgb_dist(b @ everywhere.T, cols) > TABLE_CONTRAST / 2
+    if off.sum() < TABLE_MIN_SHARE * len(cols):
+        return everywhere, None
+    centres, second = two_means(cols)
+    share = second.mean()
+    if rgb_dist(centres[0], centres[1]) < TABLE_CONTRAST or not TABLE_MIN_SHARE <= share <= 1 - TABLE_MIN_SHARE:
+        return everywhere, None
+    h, w, _ = small.shape
+    inner = small[~ring_mask(h, w)]
+    half = rgb_dist(centres[0], centres[1]) / 2
+    counts = [(rgb_dist(inner, c) < half).sum() for c in centres]
+    label = int(counts[1] > counts[0])
+    on_label = second == bool(label)
+    ground = fit_samples(b[on_label], cols[on_label])
+    g = basis(*np.meshgrid(coords(w), coords(h))) @ ground.T
+    like = rgb_dist(small, centres[1 - label]) < rgb_dist(small, g)
+    table = dilate(from_edge(like))
+    corners = int(table[0, 0]) + int(table[0, -1]) + int(table[-1, 0]) + int(table[-1, -1])
+    if corners >= 3 and table.mean() <= TABLE_MAX_COVER:
+        return ground, table
+    return everywhere, None
 
 
 def distance(img: np.ndarray, coef: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
@@ -131,10 +211,15 @@ def scale_box(b, scale, w, h):
     return x0, y0, max(cl(b[2], w), x0 + 1), max(cl(b[3], h), y0 + 1)
 
 
-def redraw(img: np.ndarray, coef, threshold: float, box) -> tuple:
+def redraw(img: np.ndarray, coef, threshold: float, box, table=None) -> tuple:
     h, w, _ = img.shape
     x0, y0, x1, y1 = box
     d = distance(img[y0:y1, x0:x1], coef, coords(w)[x0:x1], coords(h)[y0:y1])
+    if table is not None:
+        th, tw = table.shape
+        ys = np.minimum(np.arange(y0, y1) * th // h, th - 1)
+        xs = np.minimum(np.arange(x0, x1) * tw // w, tw - 1)
+        d[table[np.ix_(ys, xs)]] = 0.0
     ink = np.sort(d[d > threshold])
     full = ink[int(rnd(INK_QUANTILE * (len(ink) - 1)))] if len(ink) else threshold
     zero = threshold * 0.5
@@ -146,10 +231,12 @@ def normalise(img: np.ndarray):
     """(view, ink box in the view, ink box in img) or None."""
     h, w, _ = img.shape
     small = shrink(img, WORK_SIDE)
-    coef = ground_fit(small)
+    coef, table = ground_and_table(small)
     sh, sw, _ = small.shape
     d = distance(small, coef, coords(sw), coords(sh))
-    t = max(otsu(d.ravel()), MIN_THRESHOLD)
+    if table is not None:
+        d[table] = 0.0
+    t = max(otsu(d.ravel() if table is None else d[~table]), MIN_THRESHOLD)
     ys, xs = np.nonzero(d > t)
     if len(xs) < 10:
         return None
@@ -162,7 +249,7 @@ def normalise(img: np.ndarray):
     ink = scale_box(inner, scale, w, h)
     in_view = (ink[0] - outer[0], ink[1] - outer[1],
                min(ink[2], outer[2]) - outer[0], min(ink[3], outer[3]) - outer[1])
-    return redraw(img, coef, t, outer), in_view, ink
+    return redraw(img, coef, t, outer, table), in_view, ink
 
 
 def block_inside(found):

@@ -39,6 +39,7 @@ fn decode_and_preprocess(c: &mut Criterion) {
     for (name, file) in [
         ("gallery png 256px", "gallery/si-adidas.png"),
         ("photo jpeg 384px", "queries/q002_medium.jpg"),
+        ("photo jpeg 384px, table showing", "queries/q015_easy.jpg"),
     ] {
         let bytes = fixture(file);
         group.bench_function(name, |b| {

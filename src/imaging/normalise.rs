@@ -8,7 +8,9 @@
 //!
 //! 1. the ground is modelled as a smooth colour field, a quadratic surface per
 //!    channel fitted to the image border (robustly, so ink touching the border does
-//!    not drag it), which follows light gradients and vignetting;
+//!    not drag it), which follows light gradients and vignetting. When the ring
+//!    shows a label's edge and the table around it, the ground is fitted to the
+//!    label alone and the table is ground too ([`ground_and_table`]);
 //! 2. each pixel's ink strength is its colour distance from the ground there;
 //! 3. Otsu's threshold on that distance separates ink from ground, and the crop is
 //!    the box around the ink (trimmed of stray specks) with a small margin;
@@ -48,6 +50,13 @@ const BLOCK_SHARE: f64 = 0.6;
 const BLOCK_EDGE: f64 = 0.04;
 /// Smallest block side, in image pixels, worth looking inside.
 const MIN_BLOCK_SIDE: u32 = 24;
+/// Least colour difference (RGB distance) between the two colours of the border
+/// ring for them to be taken for a table and a label (see [`ground_and_table`]).
+const TABLE_CONTRAST: f32 = 40.0;
+/// Least share of the border ring each of the table and the label must hold.
+const TABLE_MIN_SHARE: f64 = 0.1;
+/// Most of the working copy a table may cover: more, and the "label" is a mark.
+const TABLE_MAX_COVER: f64 = 0.5;
 /// Most views of one image: the mark, and up to two blocks looked inside (a label
 /// seen whole, then a block knocked out on it).
 pub const MAX_VIEWS: usize = 3;
@@ -105,7 +114,7 @@ impl Found {
         let ground = Ground::fit(&small);
         let (w, h) = image.dimensions();
         Found {
-            view: redraw(image, &ground, MIN_THRESHOLD, (0, 0, w, h)),
+            view: redraw(image, &ground, None, MIN_THRESHOLD, (0, 0, w, h)),
             ink_in_view: (0, 0, w, h),
             ink_in_image: (0, 0, w, h),
             holes_in_image: None,
@@ -137,13 +146,21 @@ impl Found {
 /// a holed block in the ink ([`holes_box`]).
 fn normalise(image: &RgbImage, knockouts: bool) -> Option<Found> {
     let small = downscale(image, WORK_SIDE);
-    let ground = Ground::fit(&small);
+    let (ground, table) = ground_and_table(&small);
     let (sw, sh) = small.dimensions();
     let distance: Vec<f32> = small
         .enumerate_pixels()
-        .map(|(x, y, px)| ground.distance(px.0, coord(x, sw), coord(y, sh)))
+        .map(|(x, y, px)| match &table {
+            Some(t) if t.covers(x, y) => 0.0,
+            _ => ground.distance(px.0, coord(x, sw), coord(y, sh)),
+        })
         .collect();
-    let threshold = otsu(&distance).max(MIN_THRESHOLD);
+    // The table is not part of what is split into ink and ground.
+    let threshold = match &table {
+        Some(t) => otsu(&t.off(&distance)),
+        None => otsu(&distance),
+    }
+    .max(MIN_THRESHOLD);
     let inner = ink_box(&distance, sw, threshold)?;
     let (w, h) = image.dimensions();
     let scale = f64::from(w) / f64::from(sw);
@@ -163,7 +180,7 @@ fn normalise(image: &RgbImage, knockouts: bool) -> Option<Found> {
         ink.3.min(outer.3) - outer.1,
     );
     Some(Found {
-        view: redraw(image, &ground, threshold, outer),
+        view: redraw(image, &ground, table.as_ref(), threshold, outer),
         ink_in_view,
         ink_in_image: ink,
         holes_in_image,
@@ -260,17 +277,16 @@ impl Ground {
     /// Fits the surface to the border ring of `image`, then refits without the
     /// ring pixels farthest from the first fit (ink or a table at the border).
     fn fit(image: &RgbImage) -> Ground {
-        let (w, h) = image.dimensions();
-        let ring = ((RING * f64::from(w.max(h))).round() as u32).max(2);
-        let samples: Vec<([f64; 6], [u8; 3])> = image
-            .enumerate_pixels()
-            .filter(|(x, y, _)| x < &ring || y < &ring || x + ring >= w || y + ring >= h)
-            .map(|(x, y, px)| (basis(coord(x, w), coord(y, h)), px.0))
-            .collect();
+        Ground::fit_samples(&ring_samples(image))
+    }
+
+    /// Fits the surface to `samples` (basis and colour), then refits without the
+    /// share [`REFIT_DROP`] farthest from the first fit.
+    fn fit_samples(samples: &[([f64; 6], [u8; 3])]) -> Ground {
         let mut coef = [[0.0; 6]; 3];
         for (c, out) in coef.iter_mut().enumerate() {
             let all: Vec<usize> = (0..samples.len()).collect();
-            let first = least_squares(&samples, c, &all);
+            let first = least_squares(samples, c, &all);
             // Each residual once, not once per comparison of the sort.
             let residual: Vec<f64> = samples
                 .iter()
@@ -279,19 +295,257 @@ impl Ground {
             let mut order = all.clone();
             order.sort_by(|a, b| residual[*a].total_cmp(&residual[*b]));
             let keep = ((1.0 - REFIT_DROP) * order.len() as f64).ceil() as usize;
-            *out = least_squares(&samples, c, &order[..keep.max(6).min(order.len())]);
+            *out = least_squares(samples, c, &order[..keep.max(6).min(order.len())]);
         }
         Ground { coef }
     }
 
     /// RGB distance of `px` from the ground at (u, v).
     fn distance(&self, px: [u8; 3], u: f64, v: f64) -> f32 {
-        let b = basis(u, v);
+        self.distance_at(px, &basis(u, v))
+    }
+
+    /// [`distance`](Self::distance) at a point given by its basis.
+    fn distance_at(&self, px: [u8; 3], b: &[f64; 6]) -> f32 {
         let sq: f64 = (0..3)
-            .map(|c| (f64::from(px[c]) - dot6(&self.coef[c], &b)).powi(2))
+            .map(|c| (f64::from(px[c]) - dot6(&self.coef[c], b)).powi(2))
             .sum();
         sq.sqrt() as f32
     }
+}
+
+/// Width of the border ring of a `w` by `h` working copy, in pixels.
+fn ring_width(w: u32, h: u32) -> u32 {
+    ((RING * f64::from(w.max(h))).round() as u32).max(2)
+}
+
+/// The border ring's pixels as least-squares samples: basis at the pixel, colour.
+fn ring_samples(image: &RgbImage) -> Vec<([f64; 6], [u8; 3])> {
+    let (w, h) = image.dimensions();
+    let ring = ring_width(w, h);
+    image
+        .enumerate_pixels()
+        .filter(|(x, y, _)| in_ring(*x, *y, w, h, ring))
+        .map(|(x, y, px)| (basis(coord(x, w), coord(y, h)), px.0))
+        .collect()
+}
+
+/// Whether (x, y) lies in the border ring `ring` pixels wide.
+fn in_ring(x: u32, y: u32, w: u32, h: u32, ring: u32) -> bool {
+    x < ring || y < ring || x + ring >= w || y + ring >= h
+}
+
+/// Where a table shows around a label, in work pixels.
+struct Table {
+    mask: Vec<bool>,
+    width: u32,
+    height: u32,
+}
+
+impl Table {
+    fn covers(&self, x: u32, y: u32) -> bool {
+        self.mask[(y * self.width + x) as usize]
+    }
+
+    /// The values of `per_pixel` (one per work pixel) where the table is not.
+    fn off(&self, per_pixel: &[f32]) -> Vec<f32> {
+        per_pixel
+            .iter()
+            .zip(&self.mask)
+            .filter(|(_, on)| !**on)
+            .map(|(v, _)| *v)
+            .collect()
+    }
+
+    /// Whether the table covers the full-image pixel (x, y) of an image `w` by `h`.
+    fn covers_scaled(&self, x: u32, y: u32, w: u32, h: u32) -> bool {
+        let sx = (u64::from(x) * u64::from(self.width) / u64::from(w)) as u32;
+        let sy = (u64::from(y) * u64::from(self.height) / u64::from(h)) as u32;
+        self.covers(sx.min(self.width - 1), sy.min(self.height - 1))
+    }
+}
+
+/// The ground of the working copy `small`, and the table around a label that
+/// fills the frame, if one shows.
+///
+/// A label photographed turned, and framed loosely, reaches the frame's edges
+/// along its sides but leaves the table in the corners. The border ring then
+/// holds two colours, and one surface fitted to both shades the label like ink:
+/// the view becomes the mark on a grey tilted square. When the ring holds two
+/// colours that differ by [`TABLE_CONTRAST`], each on at least
+/// [`TABLE_MIN_SHARE`] of it, the one that also covers more of the inside is the
+/// label. The ground is fitted to the label's part of the ring alone, and the
+/// table is what is nearer the table's colour than the label's ground, reached
+/// from the frame's edge (a mark printed in the table's colour is enclosed by
+/// the label and stays). It must reach at least three of the corners and cover
+/// at most [`TABLE_MAX_COVER`]; else the ring's two colours were something else
+/// (a mark that runs off its image), and the ground is fitted to the whole ring.
+fn ground_and_table(small: &RgbImage) -> (Ground, Option<Table>) {
+    let samples = ring_samples(small);
+    let everywhere = Ground::fit_samples(&samples);
+    // A ring one smooth surface explains (a plain ground under a light gradient)
+    // holds no table.
+    let off = samples
+        .iter()
+        .filter(|(b, px)| everywhere.distance_at(*px, b) > TABLE_CONTRAST / 2.0)
+        .count();
+    if (off as f64) < TABLE_MIN_SHARE * samples.len() as f64 {
+        return (everywhere, None);
+    }
+    match find_table(small, &samples) {
+        Some((ground, table)) => (ground, Some(table)),
+        None => (everywhere, None),
+    }
+}
+
+/// The label's ground and the table around it, if the ring's two colours are a
+/// table and a label (see [`ground_and_table`]).
+fn find_table(small: &RgbImage, samples: &[([f64; 6], [u8; 3])]) -> Option<(Ground, Table)> {
+    let colours: Vec<[f32; 3]> = samples.iter().map(|(_, px)| px.map(f32::from)).collect();
+    let (centres, second) = two_means(&colours);
+    let share = second.iter().filter(|s| **s).count() as f64 / second.len() as f64;
+    if rgb_distance(centres[0], centres[1]) < TABLE_CONTRAST
+        || !(TABLE_MIN_SHARE..=1.0 - TABLE_MIN_SHARE).contains(&share)
+    {
+        return None;
+    }
+    let (w, h) = small.dimensions();
+    let ring = ring_width(w, h);
+    // The label is the colour that also covers more of the inside.
+    let half = rgb_distance(centres[0], centres[1]) / 2.0;
+    let mut inside = [0usize; 2];
+    for (x, y, px) in small.enumerate_pixels() {
+        if !in_ring(x, y, w, h, ring) {
+            let c = px.0.map(f32::from);
+            for (k, centre) in centres.iter().enumerate() {
+                if rgb_distance(c, *centre) < half {
+                    inside[k] += 1;
+                }
+            }
+        }
+    }
+    let label = usize::from(inside[1] > inside[0]);
+    let on_label: Vec<([f64; 6], [u8; 3])> = samples
+        .iter()
+        .zip(&second)
+        .filter(|(_, s)| usize::from(**s) == label)
+        .map(|(sample, _)| *sample)
+        .collect();
+    let ground = Ground::fit_samples(&on_label);
+    let table_colour = centres[1 - label];
+    let table_like: Vec<bool> = small
+        .enumerate_pixels()
+        .map(|(x, y, px)| {
+            rgb_distance(px.0.map(f32::from), table_colour)
+                < ground.distance(px.0, coord(x, w), coord(y, h))
+        })
+        .collect();
+    let mask = dilate(&from_edge(&table_like, w, h), w, h);
+    let table = Table {
+        mask,
+        width: w,
+        height: h,
+    };
+    let corners = [(0, 0), (w - 1, 0), (0, h - 1), (w - 1, h - 1)]
+        .iter()
+        .filter(|(x, y)| table.covers(*x, *y))
+        .count();
+    let cover = table.mask.iter().filter(|m| **m).count() as f64 / table.mask.len() as f64;
+    (corners >= 3 && cover <= TABLE_MAX_COVER).then_some((ground, table))
+}
+
+/// Two colour clusters of `colours` (k-means, k = 2, started from the two
+/// colours farthest apart found by a double sweep), and which cluster each
+/// colour fell in (`true` for the second).
+fn two_means(colours: &[[f32; 3]]) -> ([[f32; 3]; 2], Vec<bool>) {
+    let farthest = |from: [f32; 3]| {
+        colours
+            .iter()
+            .copied()
+            .max_by(|a, b| rgb_distance(*a, from).total_cmp(&rgb_distance(*b, from)))
+            .unwrap_or(from)
+    };
+    let b = farthest(mean_colour(colours.iter()).unwrap_or_default());
+    let mut centres = [farthest(b), b];
+    let mut second = vec![false; colours.len()];
+    for _ in 0..10 {
+        for (s, c) in second.iter_mut().zip(colours) {
+            *s = rgb_distance(*c, centres[1]) < rgb_distance(*c, centres[0]);
+        }
+        for (k, centre) in centres.iter_mut().enumerate() {
+            let members = colours
+                .iter()
+                .zip(&second)
+                .filter(|(_, s)| usize::from(**s) == k);
+            if let Some(m) = mean_colour(members.map(|(c, _)| c)) {
+                *centre = m;
+            }
+        }
+    }
+    (centres, second)
+}
+
+fn mean_colour<'a>(colours: impl Iterator<Item = &'a [f32; 3]>) -> Option<[f32; 3]> {
+    let (mut sum, mut n) = ([0.0f64; 3], 0usize);
+    for c in colours {
+        for k in 0..3 {
+            sum[k] += f64::from(c[k]);
+        }
+        n += 1;
+    }
+    (n > 0).then(|| sum.map(|s| (s / n as f64) as f32))
+}
+
+fn rgb_distance(a: [f32; 3], b: [f32; 3]) -> f32 {
+    ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2) + (a[2] - b[2]).powi(2)).sqrt()
+}
+
+/// The pixels of `like` reached from the image's edge through `like` pixels
+/// (4-connected).
+fn from_edge(like: &[bool], w: u32, h: u32) -> Vec<bool> {
+    let (w, h) = (w as usize, h as usize);
+    let mut reached = vec![false; like.len()];
+    let mut stack: Vec<usize> = (0..like.len())
+        .filter(|&i| {
+            let (x, y) = (i % w, i / w);
+            like[i] && (x == 0 || y == 0 || x + 1 == w || y + 1 == h)
+        })
+        .collect();
+    for &i in &stack {
+        reached[i] = true;
+    }
+    while let Some(i) = stack.pop() {
+        let (x, y) = (i % w, i / w);
+        let neighbours = [
+            (x > 0).then(|| i - 1),
+            (x + 1 < w).then(|| i + 1),
+            (y > 0).then(|| i - w),
+            (y + 1 < h).then(|| i + w),
+        ];
+        for j in neighbours.into_iter().flatten() {
+            if like[j] && !reached[j] {
+                reached[j] = true;
+                stack.push(j);
+            }
+        }
+    }
+    reached
+}
+
+/// `mask` grown by one pixel (8-connected): covers the label's blurred edge.
+fn dilate(mask: &[bool], w: u32, h: u32) -> Vec<bool> {
+    let (w, h) = (w as i64, h as i64);
+    (0..mask.len() as i64)
+        .map(|i| {
+            let (x, y) = (i % w, i / w);
+            (-1..=1).any(|dy| {
+                (-1..=1).any(|dx| {
+                    let (nx, ny) = (x + dx, y + dy);
+                    (0..w).contains(&nx) && (0..h).contains(&ny) && mask[(ny * w + nx) as usize]
+                })
+            })
+        })
+        .collect()
 }
 
 fn basis(u: f64, v: f64) -> [f64; 6] {
@@ -452,9 +706,11 @@ pub(super) fn scale_box(
 }
 
 /// The box of `image` redrawn as ink strength: ground white, strong ink black.
+/// A table, if given, is ground.
 fn redraw(
     image: &RgbImage,
     ground: &Ground,
+    table: Option<&Table>,
     threshold: f32,
     (x0, y0, x1, y1): (u32, u32, u32, u32),
 ) -> GrayImage {
@@ -462,8 +718,13 @@ fn redraw(
     let mut distance = Vec::with_capacity(((x1 - x0) * (y1 - y0)) as usize);
     for y in y0..y1 {
         for x in x0..x1 {
+            let on_table = table.is_some_and(|t| t.covers_scaled(x, y, w, h));
             let px = image.get_pixel(x, y).0;
-            distance.push(ground.distance(px, coord(x, w), coord(y, h)));
+            distance.push(if on_table {
+                0.0
+            } else {
+                ground.distance(px, coord(x, w), coord(y, h))
+            });
         }
     }
     let mut ink: Vec<f32> = distance
@@ -491,6 +752,7 @@ fn redraw(
 mod tests {
     use super::*;
     use image::Rgb;
+    use std::path::Path;
 
     /// A `size` square of `ground` with a `mark` rectangle at (x0, y0)-(x1, y1).
     fn card(size: u32, ground: [u8; 3], mark: [u8; 3], b: (u32, u32, u32, u32)) -> RgbImage {
@@ -643,6 +905,77 @@ mod tests {
         assert_eq!(v.len(), MAX_VIEWS);
         let (w, h) = v[2].dimensions();
         assert!((40..=56).contains(&w) && (80..=100).contains(&h), "{w}x{h}");
+    }
+
+    /// A pale label turned by 25 degrees on a table, framed so that its sides
+    /// reach the frame and the table shows in the corners, with a dark bar printed
+    /// on it along the label's long axis.
+    fn tilted_label(table: [u8; 3]) -> RgbImage {
+        let (c, s) = (25f64.to_radians().cos(), 25f64.to_radians().sin());
+        RgbImage::from_fn(300, 300, |x, y| {
+            let (dx, dy) = (f64::from(x) - 150.0, f64::from(y) - 150.0);
+            let (u, v) = (c * dx + s * dy, -s * dx + c * dy);
+            let colour = if u.abs() < 70.0 && v.abs() < 20.0 {
+                [30, 30, 30]
+            } else if u.abs() < 135.0 && v.abs() < 135.0 {
+                [236, 232, 222]
+            } else {
+                table
+            };
+            // Light falls off across the scene, by 40 from left to right.
+            let shade = (40.0 * (dx + 150.0) / 300.0) as u8;
+            Rgb(colour.map(|c| c.saturating_sub(shade)))
+        })
+    }
+
+    #[test]
+    fn a_label_against_the_frame_is_seen_past_the_table() {
+        // Fixture photos of wide marks on square labels shifted against two sides
+        // of the frame, the table showing along the other two: the first view has
+        // the recorded mark's shape, not the label's (which gave views about 1:1).
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+        let aspect = |view: &GrayImage| view.width() as f64 / view.height() as f64;
+        for (photo, mark) in [
+            ("queries/q015_easy.jpg", "si-sony"),
+            ("queries-bench/b042_redraw.jpg", "logos-airbnb"),
+        ] {
+            let read = |path: &str| {
+                let bytes = std::fs::read(dir.join(path)).unwrap();
+                crate::imaging::decode(&bytes, &Default::default())
+                    .unwrap()
+                    .image
+            };
+            let image = read(photo);
+            let small = downscale(&image, WORK_SIDE);
+            assert!(ground_and_table(&small).1.is_some(), "{photo}: no table");
+            let want = aspect(&views(&read(&format!("gallery/{mark}.png")), false)[0]);
+            let got = aspect(&views(&image, false)[0]);
+            assert!(
+                (0.8..1.25).contains(&(got / want)),
+                "{photo}: {got:.2} vs {want:.2}"
+            );
+        }
+        // On a table the label's colour, nothing is told apart: the ring is one colour.
+        let small = downscale(&tilted_label([236, 232, 222]), WORK_SIDE);
+        assert!(ground_and_table(&small).1.is_none());
+    }
+
+    #[test]
+    fn a_mark_in_the_table_colour_is_kept() {
+        // The table colour printed on the label, enclosed by it, is not table.
+        let table = [60, 60, 64];
+        let mut image = tilted_label(table);
+        for y in 140..160 {
+            for x in 100..200 {
+                image.put_pixel(x, y, Rgb(table));
+            }
+        }
+        let small = downscale(&image, WORK_SIDE);
+        let (_, found) = ground_and_table(&small);
+        let found = found.expect("a table shows in the corners");
+        let (w, h) = image.dimensions();
+        assert!(found.covers_scaled(2, 2, w, h));
+        assert!(!found.covers_scaled(150, 150, w, h));
     }
 
     #[test]
