@@ -61,11 +61,13 @@ def percentiles(ms: list[float]) -> dict:
 
 
 # The mark-finding framing of src/imaging/normalise.rs (constants and steps
-# in the same order; see there for why), framing tag mark-v3.
+# in the same order; see there for why), framing tag mark-v3 (the table and
+# white looked past on a mid-tone ground).
 WORK_SIDE, RING, REFIT_DROP, MIN_THRESHOLD = 128, 0.04, 0.2, 20.0
 TRIM, MARGIN, INK_QUANTILE = 0.005, 0.06, 0.9
 BLOCK_SHARE, BLOCK_EDGE, MIN_BLOCK_SIDE, MAX_VIEWS = 0.6, 0.04, 24, 3
 TABLE_CONTRAST, TABLE_MIN_SHARE, TABLE_MAX_COVER = 40.0, 0.1, 0.5
+MID_TONE, WHITE_INK = (80.0, 200.0), 0.35
 # ... and of src/imaging/upright.rs.
 SKEW_SIDE, MIN_CLARITY, MIN_TILT_DEG, CROP_INK, ROTATE_SIDE = 128, 0.15, 1.0, 32.0, 320
 
@@ -228,7 +230,7 @@ def redraw(img: np.ndarray, coef, threshold: float, box, table=None) -> tuple:
 
 
 def normalise(img: np.ndarray):
-    """(view, ink box in the view, ink box in img) or None."""
+    """(view, ink box in the view, ink box in img, (ground, white share of the ink) on a mid-tone ground else None) or None."""
     h, w, _ = img.shape
     small = shrink(img, WORK_SIDE)
     coef, table = ground_and_table(small)
@@ -249,11 +251,31 @@ def normalise(img: np.ndarray):
     ink = scale_box(inner, scale, w, h)
     in_view = (ink[0] - outer[0], ink[1] - outer[1],
                min(ink[2], outer[2]) - outer[0], min(ink[3], outer[3]) - outer[1])
-    return redraw(img, coef, t, outer, table), in_view, ink
+    mid = None
+    g0 = coef[:, 0]  # the ground at the centre
+    if MID_TONE[0] <= 0.299 * g0[0] + 0.587 * g0[1] + 0.114 * g0[2] <= MID_TONE[1]:
+        inked = d > t
+        white = nearer_white(small, basis(*np.meshgrid(coords(sw), coords(sh))) @ coef.T)
+        mid = (coef, (white & inked).sum() / max(inked.sum(), 1))
+    return redraw(img, coef, t, outer, table), in_view, ink, mid
+
+
+def nearer_white(img: np.ndarray, g: np.ndarray) -> np.ndarray:
+    p = img.astype(np.float64)
+    return ((p - 255.0) ** 2).sum(-1) < ((p - g) ** 2).sum(-1)
+
+
+def whites_to_ground(img: np.ndarray, coef: np.ndarray) -> np.ndarray:
+    h, w, _ = img.shape
+    g = basis(*np.meshgrid(coords(w), coords(h))) @ coef.T
+    m = nearer_white(img, g)
+    out = img.copy()
+    out[m] = np.clip(rnd(g[m]), 0, 255).astype(np.uint8)
+    return out
 
 
 def block_inside(found):
-    view, (a, b, c, d), (x0, y0, x1, y1) = found
+    view, (a, b, c, d), (x0, y0, x1, y1) = found[:3]
     band = max(int(rnd(BLOCK_EDGE * max(c - a, d - b))), 1)
     box = 1.0 - view[b:d, a:c].astype(np.float64) / 255.0
     inner = box[band:max(band, box.shape[0] - band), band:max(band, box.shape[1] - band)]
@@ -337,8 +359,14 @@ def found_views(img: np.ndarray) -> list[np.ndarray]:
     if found is None:
         h, w, _ = img.shape
         return [redraw(img, ground_fit(shrink(img, WORK_SIDE)), MIN_THRESHOLD, (0, 0, w, h))]
-    out = [found[0]]
-    nxt = block_inside(found)
+    first, beside = found, None
+    if found[3] is not None:
+        coef, share = found[3]
+        past = normalise(whites_to_ground(img, coef))
+        if past is not None:
+            first, beside = past, (found[0] if share >= WHITE_INK else None)
+    out = [first[0]] + ([beside] if beside is not None else [])
+    nxt = block_inside(first)
     while nxt is not None and len(out) < MAX_VIEWS:
         x0, y0, x1, y1 = nxt
         inner = normalise(img[y0:y1, x0:x1])

@@ -57,6 +57,14 @@ const TABLE_CONTRAST: f32 = 40.0;
 const TABLE_MIN_SHARE: f64 = 0.1;
 /// Most of the working copy a table may cover: more, and the "label" is a mark.
 const TABLE_MAX_COVER: f64 = 0.5;
+/// Grey levels (luma, 0-255) of a ground on which white is looked past as well
+/// ([`whites_to_ground`]): on a darker one white print is the mark; on a lighter
+/// one white is the ground already.
+const MID_TONE: (f64, f64) = (80.0, 200.0);
+/// Share of the ink nearer white than a mid-tone ground from which the view with
+/// white kept is searched too: white may then be the print itself (a white mark
+/// on a brown box), which looking past white would lose.
+const WHITE_INK: f64 = 0.35;
 /// Most views of one image: the mark, and up to two blocks looked inside (a label
 /// seen whole, then a block knocked out on it).
 pub const MAX_VIEWS: usize = 3;
@@ -72,13 +80,27 @@ pub const MAX_VIEWS: usize = 3;
 /// That is for photos only, on request: a recorded mark is drawn plainly, and a
 /// photo pays a view for it about one time in eight.
 ///
+/// On a mid-tone ground (a brown box, a grey card) white is looked past too
+/// ([`whites_to_ground`]): the white drawn in a mark, or glare, stands out from
+/// such a ground as ink, where on a recorded mark's white it is ground. That view
+/// replaces the first; the first is kept beside it when much of its ink is white.
+///
 /// An image with no ink at all (a blank page) is redrawn whole. Each view is
 /// turned upright ([`upright`]) and given in grey, ink strength dark on white.
 pub fn views(image: &RgbImage, knockouts: bool) -> Vec<GrayImage> {
-    let found = normalise(image, knockouts).unwrap_or_else(|| Found::whole(image));
+    let mut found = normalise(image, knockouts).unwrap_or_else(|| Found::whole(image));
+    let looked_past = found.mid_tone.take().and_then(|(ground, share)| {
+        let past = normalise(&whites_to_ground(image, &ground), knockouts)?;
+        Some((past, share))
+    });
+    let (first, beside) = match looked_past {
+        Some((past, share)) => (past, (share >= WHITE_INK).then_some(found.view)),
+        None => (found, None),
+    };
     let mut out = Vec::with_capacity(MAX_VIEWS);
-    let mut next = found.block_inside();
-    out.push(upright(found.view));
+    let mut next = first.block_inside();
+    out.push(upright(first.view));
+    out.extend(beside.map(upright));
     while let Some((x0, y0, x1, y1)) = next {
         if out.len() == MAX_VIEWS {
             break;
@@ -106,6 +128,9 @@ struct Found {
     /// The box around the holes of the ink when it is a holed block and that was
     /// asked for, in the pixels of the image searched.
     holes_in_image: Option<(u32, u32, u32, u32)>,
+    /// The ground the ink was told from when it is a mid tone, and the share of
+    /// the ink nearer white than it ([`whites_to_ground`]).
+    mid_tone: Option<(Ground, f64)>,
 }
 
 impl Found {
@@ -118,6 +143,7 @@ impl Found {
             ink_in_view: (0, 0, w, h),
             ink_in_image: (0, 0, w, h),
             holes_in_image: None,
+            mid_tone: None,
         }
     }
 
@@ -184,6 +210,10 @@ fn normalise(image: &RgbImage, knockouts: bool) -> Option<Found> {
         ink_in_view,
         ink_in_image: ink,
         holes_in_image,
+        mid_tone: ground.is_mid_tone().then(|| {
+            let share = white_share(&small, &ground, &distance, threshold);
+            (ground, share)
+        }),
     })
 }
 
@@ -300,6 +330,20 @@ impl Ground {
         Ground { coef }
     }
 
+    /// The ground's colour at (u, v).
+    fn colour(&self, u: f64, v: f64) -> [f64; 3] {
+        let b = basis(u, v);
+        self.coef.map(|c| dot6(&c, &b))
+    }
+
+    /// Whether the ground at the image's centre is a mid tone (a brown box, a
+    /// grey card): white drawn in a mark then stands out from it as ink, where
+    /// on the white of a recorded mark it is ground.
+    fn is_mid_tone(&self) -> bool {
+        let [r, g, b] = self.colour(0.0, 0.0);
+        (MID_TONE.0..=MID_TONE.1).contains(&(0.299 * r + 0.587 * g + 0.114 * b))
+    }
+
     /// RGB distance of `px` from the ground at (u, v).
     fn distance(&self, px: [u8; 3], u: f64, v: f64) -> f32 {
         self.distance_at(px, &basis(u, v))
@@ -312,6 +356,42 @@ impl Ground {
             .sum();
         sq.sqrt() as f32
     }
+}
+
+/// Share of the ink pixels of the working copy `small` (`distance` over
+/// `threshold`) nearer white than the ground.
+fn white_share(small: &RgbImage, ground: &Ground, distance: &[f32], threshold: f32) -> f64 {
+    let (w, h) = small.dimensions();
+    let (mut ink, mut white) = (0usize, 0usize);
+    for ((x, y, px), d) in small.enumerate_pixels().zip(distance) {
+        if *d > threshold {
+            ink += 1;
+            white += usize::from(nearer_white(px.0, ground.colour(coord(x, w), coord(y, h))));
+        }
+    }
+    white as f64 / ink.max(1) as f64
+}
+
+/// Whether `px` is nearer white than the ground colour `g`.
+fn nearer_white(px: [u8; 3], g: [f64; 3]) -> bool {
+    let p = px.map(f64::from);
+    let from = |c: [f64; 3]| (0..3).map(|k| (p[k] - c[k]).powi(2)).sum::<f64>();
+    from([255.0; 3]) < from(g)
+}
+
+/// `image` with every pixel nearer white than the ground there painted in the
+/// ground's colour: the white of a mark drawn on a mid-tone ground is taken for
+/// ground, as it is on the white of a recorded mark.
+fn whites_to_ground(image: &RgbImage, ground: &Ground) -> RgbImage {
+    let (w, h) = image.dimensions();
+    let mut out = image.clone();
+    for (x, y, px) in out.enumerate_pixels_mut() {
+        let g = ground.colour(coord(x, w), coord(y, h));
+        if nearer_white(px.0, g) {
+            px.0 = g.map(|c| c.round().clamp(0.0, 255.0) as u8);
+        }
+    }
+    out
 }
 
 /// Width of the border ring of a `w` by `h` working copy, in pixels.
@@ -885,10 +965,9 @@ mod tests {
         assert_eq!(v[1].get_pixel(w / 2, h / 2), &Luma([0]), "the bar is ink");
     }
 
-    #[test]
-    fn a_label_seen_whole_is_looked_inside_twice() {
-        // A table, a pale label on it, a dark block on the label, a bar knocked out.
-        let image = RgbImage::from_fn(300, 300, |x, y| {
+    /// A `table`, a pale label on it, a dark block on the label, a bar knocked out.
+    fn label_with_block(table: [u8; 3]) -> RgbImage {
+        RgbImage::from_fn(300, 300, |x, y| {
             let on = |a: u32, b: u32| (a..b).contains(&x) && (a..b).contains(&y);
             let bar = (130..170).contains(&x) && (110..190).contains(&y);
             Rgb(if bar {
@@ -898,11 +977,27 @@ mod tests {
             } else if on(40, 260) {
                 [240, 236, 225]
             } else {
-                [140, 90, 50]
+                table
             })
-        });
-        let v = views(&image, false);
+        })
+    }
+
+    #[test]
+    fn a_label_seen_whole_is_looked_inside_twice() {
+        let v = views(&label_with_block([70, 45, 25]), false);
         assert_eq!(v.len(), MAX_VIEWS);
+        let (w, h) = v[2].dimensions();
+        assert!((40..=56).contains(&w) && (80..=100).contains(&h), "{w}x{h}");
+        // On a mid-tone table the pale label is looked past like white paper: the
+        // block is the first view. (Much of the first pass's ink, the label, was
+        // white, so that pass is searched too.) The block's inside comes last.
+        let v = views(&label_with_block([140, 90, 50]), false);
+        assert_eq!(v.len(), MAX_VIEWS);
+        let (w, h) = v[0].dimensions();
+        assert!(
+            (100..=120).contains(&w) && (100..=120).contains(&h),
+            "{w}x{h}"
+        );
         let (w, h) = v[2].dimensions();
         assert!((40..=56).contains(&w) && (80..=100).contains(&h), "{w}x{h}");
     }
@@ -976,6 +1071,47 @@ mod tests {
         let (w, h) = image.dimensions();
         assert!(found.covers_scaled(2, 2, w, h));
         assert!(!found.covers_scaled(150, 150, w, h));
+    }
+
+    /// A brown box (cardboard) with a `block` colour square and a `bar` colour
+    /// bar drawn in it, or only the bar when `block` is `None`.
+    fn on_cardboard(block: Option<[u8; 3]>, bar: [u8; 3]) -> RgbImage {
+        RgbImage::from_fn(200, 200, |x, y| {
+            let in_block = (50..150).contains(&x) && (50..150).contains(&y);
+            let in_bar = (90..110).contains(&x) && (65..135).contains(&y);
+            Rgb(match (in_bar, in_block, block) {
+                (true, _, _) => bar,
+                (false, true, Some(colour)) => colour,
+                _ => [190, 150, 105],
+            })
+        })
+    }
+
+    #[test]
+    fn white_drawn_in_a_mark_on_a_brown_box_is_ground() {
+        // A blue square with a white bar drawn in it: on a recorded mark's white
+        // the bar is ground, and so it is on the box.
+        let v = views(&on_cardboard(Some([30, 30, 120]), [245, 245, 245]), false);
+        let (w, h) = v[0].dimensions();
+        assert!(v[0].get_pixel(w / 2, h / 2)[0] > 200, "the bar is ink");
+        assert!(
+            v[0].get_pixel(w / 6, h / 2)[0] < 60,
+            "the square is not ink"
+        );
+    }
+
+    #[test]
+    fn white_print_on_a_brown_box_is_still_searched() {
+        // A white bar printed on the box is the mark: looking past white loses it,
+        // so the view that keeps white is searched too.
+        let v = views(&on_cardboard(None, [245, 245, 245]), false);
+        assert!(
+            v.iter().any(|view| {
+                let (w, h) = view.dimensions();
+                w < h && view.get_pixel(w / 2, h / 2)[0] < 60
+            }),
+            "no view shows the bar"
+        );
     }
 
     #[test]
