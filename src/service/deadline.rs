@@ -1,5 +1,8 @@
 //! The client's deadline (`grpc-timeout`), enforced around the whole call.
 //!
+//! For a call whose reply streams, "the whole call" ends when the reply's headers
+//! go out; each streamed item then keeps to the deadline in the work pool.
+//!
 //! tonic's transport enforces `grpc-timeout` too, from the moment a request arrives,
 //! but answers CANCELLED when it expires. [`DeadlineLayer`] sits inside it and
 //! expires a little earlier (5%, at least 2 ms, at most half the timeout), so that
@@ -60,7 +63,8 @@ where
             .get("grpc-timeout")
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout)
-            .map(|t| ClientDeadline(Instant::now() + shortened(t)));
+            .and_then(|t| Instant::now().checked_add(shortened(t)))
+            .map(ClientDeadline);
         if let Some(deadline) = deadline {
             request.extensions_mut().insert(deadline);
         }
@@ -86,9 +90,13 @@ fn shortened(timeout: Duration) -> Duration {
             .min(timeout / 2)
 }
 
-/// Parses a `grpc-timeout` header value: digits then a unit (H, M, S, m, u, n).
+/// Parses a `grpc-timeout` header value: at most 8 digits then a unit (H, M, S,
+/// m, u, n), as gRPC specifies; anything else is no deadline.
 fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let n: u64 = digits.parse().ok()?;
     Some(match unit {
         "H" => Duration::from_secs(n.checked_mul(3600)?),
@@ -113,6 +121,12 @@ mod tests {
         assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
         assert_eq!(parse_grpc_timeout("x"), None);
         assert_eq!(parse_grpc_timeout(""), None);
+        assert_eq!(parse_grpc_timeout("+5S"), None);
+        assert_eq!(
+            parse_grpc_timeout("99999999H"),
+            Some(Duration::from_secs(99_999_999 * 3600))
+        );
+        assert_eq!(parse_grpc_timeout("18446744073709551615S"), None);
     }
 
     #[test]
