@@ -124,7 +124,10 @@ def rgb_dist(a: np.ndarray, b) -> np.ndarray:
 
 
 def two_means(cols: np.ndarray):
-    farthest = lambda frm: cols[int(np.argmax(rgb_dist(cols, frm)))]  # noqa: E731
+    def farthest(frm):  # the last of equal farthest, as Rust's max_by
+        d = rgb_dist(cols, frm)
+        return cols[len(d) - 1 - int(np.argmax(d[::-1]))]
+
     b = farthest(cols.mean(0))
     centres = [farthest(b), b]
     second = np.zeros(len(cols), bool)
@@ -230,7 +233,8 @@ def redraw(img: np.ndarray, coef, threshold: float, box, table=None) -> tuple:
 
 
 def normalise(img: np.ndarray):
-    """(view, ink box in the view, ink box in img, (ground, white share of the ink) on a mid-tone ground else None) or None."""
+    """(view, ink box in the view, ink box in img, mid) or None; mid is
+    (ground, share of the ink nearer white) on a mid-tone ground, else None."""
     h, w, _ = img.shape
     small = shrink(img, WORK_SIDE)
     coef, table = ground_and_table(small)

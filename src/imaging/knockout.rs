@@ -65,15 +65,7 @@ pub(super) fn holes_box(ink: &[bool], width: u32) -> Option<(f64, f64, f64, f64)
     }
     // What the border reaches without crossing the block, joined by sides only
     // (the dual of the block's eight-way joins). The rest is enclosed: holes.
-    let mut outside = vec![false; w * h];
-    let border = (0..w)
-        .flat_map(|x| [x, (h - 1) * w + x])
-        .chain((0..h).flat_map(|y| [y * w, y * w + w - 1]));
-    for b in border {
-        if !in_block[b] && !outside[b] {
-            flood(b, (w, h), false, |i| !in_block[i], &mut outside);
-        }
-    }
+    let outside = from_border((w, h), |i| !in_block[i]);
     let (w, h) = (w as u32, h as u32);
     let at = |x: u32, y: u32| (y * w + x) as usize;
     let is_hole = |x: u32, y: u32| !in_block[at(x, y)] && !outside[at(x, y)];
@@ -152,6 +144,21 @@ impl Extent {
     fn side(&self) -> u32 {
         (self.x1 - self.x0).max(self.y1 - self.y0)
     }
+}
+
+/// The pixels of a `w` by `h` image reached from its border through pixels that
+/// `pass`, joined by sides.
+pub(super) fn from_border((w, h): (usize, usize), pass: impl Fn(usize) -> bool) -> Vec<bool> {
+    let mut reached = vec![false; w * h];
+    let border = (0..w)
+        .flat_map(|x| [x, (h - 1) * w + x])
+        .chain((0..h).flat_map(|y| [y * w, y * w + w - 1]));
+    for b in border {
+        if pass(b) && !reached[b] {
+            flood(b, (w, h), false, &pass, &mut reached);
+        }
+    }
+    reached
 }
 
 /// Marks and returns the pixels reached from `start` through pixels that `pass`,

@@ -17,7 +17,9 @@
 //! 4. the crop is redrawn as ink strength, dark on white;
 //! 5. the redrawn crop is turned square to the frame ([`upright`]);
 //! 6. a crop that is a solid block (a label seen whole, or a mark knocked out of
-//!    a block of colour, see [`super::knockout`]) is looked inside again.
+//!    a block of colour, see [`super::knockout`]) is looked inside again;
+//! 7. on a mid-tone ground (a brown box) white is ground too, as it is on a
+//!    recorded mark ([`whites_to_ground`]).
 //!
 //! The same function runs on enrolled marks and on photos, so both meet in one
 //! space. Colour and polarity are dropped on purpose: a recoloured or
@@ -25,7 +27,7 @@
 
 use image::{GrayImage, ImageBuffer, Luma, Pixel, RgbImage};
 
-use super::knockout::holes_box;
+use super::knockout::{from_border, holes_box};
 use super::upright::upright;
 
 /// Side of the working copy on which the ground is fitted and the ink is found.
@@ -65,8 +67,9 @@ const MID_TONE: (f64, f64) = (80.0, 200.0);
 /// white kept is searched too: white may then be the print itself (a white mark
 /// on a brown box), which looking past white would lose.
 const WHITE_INK: f64 = 0.35;
-/// Most views of one image: the mark, and up to two blocks looked inside (a label
-/// seen whole, then a block knocked out on it).
+/// Most views of one image: the mark, and up to two more: blocks looked inside (a
+/// label seen whole, then a block knocked out on it), or the first pass kept
+/// beside a view with white looked past.
 pub const MAX_VIEWS: usize = 3;
 
 /// The views of `image` the model sees, at most [`MAX_VIEWS`]: first the mark
@@ -520,7 +523,8 @@ fn find_table(small: &RgbImage, samples: &[([f64; 6], [u8; 3])]) -> Option<(Grou
                 < ground.distance(px.0, coord(x, w), coord(y, h))
         })
         .collect();
-    let mask = dilate(&from_edge(&table_like, w, h), w, h);
+    let reached = from_border((w as usize, h as usize), |i| table_like[i]);
+    let mask = dilate(&reached, w, h);
     let table = Table {
         mask,
         width: w,
@@ -578,38 +582,6 @@ fn mean_colour<'a>(colours: impl Iterator<Item = &'a [f32; 3]>) -> Option<[f32; 
 
 fn rgb_distance(a: [f32; 3], b: [f32; 3]) -> f32 {
     ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2) + (a[2] - b[2]).powi(2)).sqrt()
-}
-
-/// The pixels of `like` reached from the image's edge through `like` pixels
-/// (4-connected).
-fn from_edge(like: &[bool], w: u32, h: u32) -> Vec<bool> {
-    let (w, h) = (w as usize, h as usize);
-    let mut reached = vec![false; like.len()];
-    let mut stack: Vec<usize> = (0..like.len())
-        .filter(|&i| {
-            let (x, y) = (i % w, i / w);
-            like[i] && (x == 0 || y == 0 || x + 1 == w || y + 1 == h)
-        })
-        .collect();
-    for &i in &stack {
-        reached[i] = true;
-    }
-    while let Some(i) = stack.pop() {
-        let (x, y) = (i % w, i / w);
-        let neighbours = [
-            (x > 0).then(|| i - 1),
-            (x + 1 < w).then(|| i + 1),
-            (y > 0).then(|| i - w),
-            (y + 1 < h).then(|| i + w),
-        ];
-        for j in neighbours.into_iter().flatten() {
-            if like[j] && !reached[j] {
-                reached[j] = true;
-                stack.push(j);
-            }
-        }
-    }
-    reached
 }
 
 /// `mask` grown by one pixel (8-connected): covers the label's blurred edge.
@@ -998,6 +970,11 @@ mod tests {
             (100..=120).contains(&w) && (100..=120).contains(&h),
             "{w}x{h}"
         );
+        let (w, h) = v[1].dimensions();
+        assert!(
+            (220..=270).contains(&w) && (220..=270).contains(&h),
+            "{w}x{h}: the label"
+        );
         let (w, h) = v[2].dimensions();
         assert!((40..=56).contains(&w) && (80..=100).contains(&h), "{w}x{h}");
     }
@@ -1093,24 +1070,29 @@ mod tests {
         // the bar is ground, and so it is on the box.
         let v = views(&on_cardboard(Some([30, 30, 120]), [245, 245, 245]), false);
         let (w, h) = v[0].dimensions();
-        assert!(v[0].get_pixel(w / 2, h / 2)[0] > 200, "the bar is ink");
-        assert!(
-            v[0].get_pixel(w / 6, h / 2)[0] < 60,
-            "the square is not ink"
-        );
+        assert!(v[0].get_pixel(w / 2, h / 2)[0] > 200, "the bar is ground");
+        assert!(v[0].get_pixel(w / 6, h / 2)[0] < 60, "the square is ink");
     }
 
     #[test]
     fn white_print_on_a_brown_box_is_still_searched() {
-        // A white bar printed on the box is the mark: looking past white loses it,
-        // so the view that keeps white is searched too.
-        let v = views(&on_cardboard(None, [245, 245, 245]), false);
+        // A white bar printed on the box, with a small dark dot under it: looking
+        // past white leaves the dot, and the view that keeps white, bar and dot,
+        // is searched beside it.
+        let mut image = on_cardboard(None, [245, 245, 245]);
+        for y in 145..155 {
+            for x in 95..105 {
+                image.put_pixel(x, y, Rgb([20, 20, 20]));
+            }
+        }
+        let v = views(&image, false);
+        assert_eq!(v.len(), 2, "the view that keeps white is searched too");
+        let (w, h) = v[0].dimensions();
+        assert!(w.max(h) < 30, "{w}x{h}: the first view is the dot");
+        let (w, h) = v[1].dimensions();
         assert!(
-            v.iter().any(|view| {
-                let (w, h) = view.dimensions();
-                w < h && view.get_pixel(w / 2, h / 2)[0] < 60
-            }),
-            "no view shows the bar"
+            w < h && v[1].get_pixel(w / 2, h / 2)[0] < 60,
+            "the bar is ink"
         );
     }
 
