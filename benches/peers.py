@@ -61,12 +61,12 @@ def percentiles(ms: list[float]) -> dict:
 
 
 # The mark-finding framing of src/imaging/normalise.rs (constants and steps
-# in the same order; see there for why), framing tag mark-v3 (the table and
-# white looked past on a mid-tone ground).
+# in the same order; see there for why), framing tag mark-v4 (the table,
+# along one side at least, and white looked past on a mid-tone ground).
 WORK_SIDE, RING, REFIT_DROP, MIN_THRESHOLD = 128, 0.04, 0.2, 20.0
 TRIM, MARGIN, INK_QUANTILE = 0.005, 0.06, 0.9
 BLOCK_SHARE, BLOCK_EDGE, MIN_BLOCK_SIDE, MAX_VIEWS = 0.6, 0.04, 24, 3
-TABLE_CONTRAST, TABLE_MIN_SHARE, TABLE_MAX_COVER = 40.0, 0.1, 0.5
+TABLE_CONTRAST, TABLE_MIN_SHARE, TABLE_MIN_CORNERS, TABLE_MAX_COVER = 40.0, 0.1, 2, 0.5
 MID_TONE, WHITE_INK = (80.0, 200.0), 0.35
 # ... and of src/imaging/upright.rs.
 SKEW_SIDE, MIN_CLARITY, MIN_TILT_DEG, CROP_INK, ROTATE_SIDE = 128, 0.15, 1.0, 32.0, 320
@@ -183,7 +183,7 @@ def ground_and_table(small: np.ndarray):
     like = rgb_dist(small, centres[1 - label]) < rgb_dist(small, g)
     table = dilate(from_edge(like))
     corners = int(table[0, 0]) + int(table[0, -1]) + int(table[-1, 0]) + int(table[-1, -1])
-    if corners >= 3 and table.mean() <= TABLE_MAX_COVER:
+    if corners >= TABLE_MIN_CORNERS and table.mean() <= TABLE_MAX_COVER:
         return ground, table
     return everywhere, None
 

@@ -163,7 +163,7 @@ impl Framing {
     pub fn tag(self) -> &'static str {
         match self {
             Framing::Whole => "whole",
-            Framing::Mark => "mark-v3",
+            Framing::Mark => "mark-v4",
         }
     }
 }

@@ -57,6 +57,11 @@ const MIN_BLOCK_SIDE: u32 = 24;
 const TABLE_CONTRAST: f32 = 40.0;
 /// Least share of the border ring each of the table and the label must hold.
 const TABLE_MIN_SHARE: f64 = 0.1;
+/// Fewest corners of the working copy the table must reach. A label shifted
+/// against the frame leaves the table along one side, two corners; a mark that
+/// runs off its image (a recorded mark cropped tight) reaches no corner or all
+/// of them, and then as the one colour of the ring.
+const TABLE_MIN_CORNERS: usize = 2;
 /// Most of the working copy a table may cover: more, and the "label" is a mark.
 const TABLE_MAX_COVER: f64 = 0.5;
 /// Grey levels (luma, 0-255) of a ground on which white is looked past as well
@@ -460,8 +465,8 @@ impl Table {
 /// label. The ground is fitted to the label's part of the ring alone, and the
 /// table is what is nearer the table's colour than the label's ground, reached
 /// from the frame's edge (a mark printed in the table's colour is enclosed by
-/// the label and stays). It must reach at least three of the corners and cover
-/// at most [`TABLE_MAX_COVER`]; else the ring's two colours were something else
+/// the label and stays). It must reach [`TABLE_MIN_CORNERS`] of the corners and
+/// cover at most [`TABLE_MAX_COVER`]; else the ring's two colours were something else
 /// (a mark that runs off its image), and the ground is fitted to the whole ring.
 fn ground_and_table(small: &RgbImage) -> (Ground, Option<Table>) {
     let samples = ring_samples(small);
@@ -535,7 +540,7 @@ fn find_table(small: &RgbImage, samples: &[([f64; 6], [u8; 3])]) -> Option<(Grou
         .filter(|(x, y)| table.covers(*x, *y))
         .count();
     let cover = table.mask.iter().filter(|m| **m).count() as f64 / table.mask.len() as f64;
-    (corners >= 3 && cover <= TABLE_MAX_COVER).then_some((ground, table))
+    (corners >= TABLE_MIN_CORNERS && cover <= TABLE_MAX_COVER).then_some((ground, table))
 }
 
 /// Two colour clusters of `colours` (k-means, k = 2, started from the two
@@ -977,6 +982,31 @@ mod tests {
         );
         let (w, h) = v[2].dimensions();
         assert!((40..=56).contains(&w) && (80..=100).contains(&h), "{w}x{h}");
+    }
+
+    #[test]
+    fn a_table_along_one_side_is_seen_past() {
+        // A label shifted down in the frame: the table shows along the top only,
+        // reaching two corners. Taken for ink, it would widen the crop from the
+        // bar (4:1) to the frame (about 1:1) and draw a band across the view.
+        let image = RgbImage::from_fn(300, 300, |x, y| {
+            let colour = if y < 40 {
+                [70, 55, 40]
+            } else if (90..210).contains(&x) && (150..180).contains(&y) {
+                [30, 30, 30]
+            } else {
+                [236, 232, 222]
+            };
+            Rgb(colour)
+        });
+        let small = downscale(&image, WORK_SIDE);
+        assert!(ground_and_table(&small).1.is_some(), "the band is a table");
+        let view = &views(&image, false)[0];
+        let aspect = f64::from(view.width()) / f64::from(view.height());
+        assert!(
+            (3.0..5.0).contains(&aspect),
+            "{aspect}: the view is the bar"
+        );
     }
 
     /// A pale label turned by 25 degrees on a table, framed so that its sides
