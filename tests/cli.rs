@@ -436,3 +436,41 @@ fn the_demo_enrols_calibrates_and_screens() {
         "decisions are in the report"
     );
 }
+
+#[test]
+fn embed_writes_the_views_a_search_shows_the_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photo = fixtures().join("queries/q015_easy.jpg");
+    let out_dir = tmp.path().join("views");
+    let out = ok(
+        tmp.path(),
+        &[
+            "embed",
+            photo.to_str().unwrap(),
+            "--views-out",
+            out_dir.to_str().unwrap(),
+        ],
+    );
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let views: Vec<&str> = json["views"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(!views.is_empty() && views.len() <= 3, "{views:?}");
+    assert!(views[0].ends_with("q015_easy-view1.png"), "{views:?}");
+    let (pw, ph) = image::image_dimensions(&photo).unwrap();
+    for view in &views {
+        let grey = image::open(view).unwrap();
+        assert_eq!(grey.color(), image::ColorType::L8, "{view}: drawn in grey");
+        // The mark is cropped out of the photo, not the photo shown whole.
+        assert!(grey.width() * grey.height() < pw * ph / 2, "{view}");
+    }
+    // Knockouts only mean something for the views.
+    let refused = marklens(
+        tmp.path(),
+        &["embed", photo.to_str().unwrap(), "--knockouts"],
+    );
+    assert!(!refused.status.success());
+}

@@ -116,9 +116,22 @@ pub enum Command {
     /// store them: every later search returns its decision by them.
     Calibrate(calibrate::CalibrateArgs),
     /// Print the embedding of an image (for checks and debugging).
+    ///
+    /// The embedding is of the whole image, as the model sees it without
+    /// framing. With --views-out, also writes what a search of this image shows
+    /// the model: the mark found, cropped, redrawn as ink on white and turned
+    /// upright, one PNG per view.
     Embed {
         /// The image.
         image: PathBuf,
+        /// Folder to write the image's views into, as `<image stem>-view<N>.png`
+        /// (created if missing); their paths are listed in the output's `views`.
+        #[arg(long, value_name = "DIR")]
+        views_out: Option<PathBuf>,
+        /// With --views-out, also look for marks knocked out of tilted blocks, as
+        /// `search --knockouts` does.
+        #[arg(long, requires = "views_out")]
+        knockouts: bool,
     },
     /// Benchmarks: gRPC load, synthetic galleries at scale.
     #[command(subcommand)]
@@ -155,7 +168,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Info { json } => marks::run_info(global, json),
         Command::Reembed => marks::run_reembed(global),
         Command::Calibrate(a) => calibrate::run(global, a),
-        Command::Embed { image } => search::run_embed(global, &image),
+        Command::Embed {
+            image,
+            views_out,
+            knockouts,
+        } => search::run_embed(global, &image, views_out.as_deref(), knockouts),
         Command::Bench(c) => bench::run(global, c),
         Command::Serve(a) => serve::run(global, a),
         Command::Demo(a) => demo::run(global, a),

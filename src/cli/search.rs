@@ -286,7 +286,12 @@ fn message_limit(global: &Global) -> usize {
 }
 
 /// Prints an image's embedding as JSON: model, fingerprint, backend and vector.
-pub fn run_embed(global: &Global, image: &Path) -> anyhow::Result<ExitCode> {
+pub fn run_embed(
+    global: &Global,
+    image: &Path,
+    views_out: Option<&Path>,
+    knockouts: bool,
+) -> anyhow::Result<ExitCode> {
     let config = global.engine_config()?;
     let spec = match &config.model {
         Some(path) => marklens::embed::ModelSpec::from_file(path)?,
@@ -303,12 +308,48 @@ pub fn run_embed(global: &Global, image: &Path) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("{}", image.display()))?;
     let tensor = embedder.spec().preprocess.tensor(&[&decoded.image]);
     let vector = embedder.embed(tensor.view())?.remove(0);
-    let out = serde_json::json!({
+    let mut out = serde_json::json!({
         "model": embedder.spec().name,
         "fingerprint": embedder.fingerprint(),
         "backend": embedder.backend().name(),
         "embedding": vector,
     });
+    if let Some(dir) = views_out {
+        let written = write_views(
+            &embedder.spec().preprocess,
+            &decoded.image,
+            knockouts,
+            image,
+            dir,
+        )?;
+        out["views"] = serde_json::json!(written);
+    }
     println!("{out}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the views a search of `image` (read from `path`) shows the model into
+/// `dir`, as `<stem>-view<N>.png`, and returns their paths.
+fn write_views(
+    preprocess: &marklens::imaging::Preprocess,
+    image: &image::RgbImage,
+    knockouts: bool,
+    path: &Path,
+    dir: &Path,
+) -> anyhow::Result<Vec<String>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let stem = path
+        .file_stem()
+        .map_or_else(|| "image".into(), |s| s.to_string_lossy());
+    preprocess
+        .views(image, knockouts)
+        .iter()
+        .enumerate()
+        .map(|(n, view)| {
+            let file = dir.join(format!("{stem}-view{}.png", n + 1));
+            view.save(&file)
+                .with_context(|| format!("writing {}", file.display()))?;
+            Ok(file.display().to_string())
+        })
+        .collect()
 }

@@ -14,7 +14,7 @@ mod upright;
 
 use std::io::Cursor;
 
-use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Rgb, RgbImage};
+use image::{DynamicImage, GrayImage, ImageDecoder, ImageFormat, ImageReader, Rgb, RgbImage};
 use ndarray::Array4;
 
 pub use keypoints::Keypoints;
@@ -189,27 +189,33 @@ pub struct Input {
 }
 
 impl Preprocess {
-    /// The model input and keypoints of one image, one view per entry its framing
-    /// gives; `knockouts` also looks for marks knocked out of tilted blocks
-    /// ([`normalise::views`]).
-    pub fn input(&self, image: &RgbImage, knockouts: bool) -> Input {
-        let views = match self.framing {
-            Framing::Whole => {
-                let tensor = self.tensor(&[image]);
-                let grey = DynamicImage::ImageRgb8(image.clone()).into_luma8();
-                return Input {
-                    tensor,
-                    keypoints: vec![Keypoints::of(&grey)],
-                };
-            }
+    /// What the model is shown of `image`, one grey image per view: the whole
+    /// image, or the views its framing finds ([`normalise::views`]);
+    /// `knockouts` also looks for marks knocked out of tilted blocks.
+    pub fn views(&self, image: &RgbImage, knockouts: bool) -> Vec<GrayImage> {
+        match self.framing {
+            Framing::Whole => vec![DynamicImage::ImageRgb8(image.clone()).into_luma8()],
             Framing::Mark => normalise::views(image, knockouts),
+        }
+    }
+
+    /// The model input and keypoints of one image, one view per entry its framing
+    /// gives ([`Preprocess::views`]). The whole image keeps its colour for the
+    /// model; a found view is grey.
+    pub fn input(&self, image: &RgbImage, knockouts: bool) -> Input {
+        let views = self.views(image, knockouts);
+        let tensor = match self.framing {
+            Framing::Whole => self.tensor(&[image]),
+            Framing::Mark => {
+                let rgb: Vec<RgbImage> = views
+                    .iter()
+                    .map(|v| DynamicImage::ImageLuma8(v.clone()).into_rgb8())
+                    .collect();
+                self.tensor(&rgb.iter().collect::<Vec<_>>())
+            }
         };
-        let rgb: Vec<RgbImage> = views
-            .iter()
-            .map(|v| DynamicImage::ImageLuma8(v.clone()).into_rgb8())
-            .collect();
         Input {
-            tensor: self.tensor(&rgb.iter().collect::<Vec<_>>()),
+            tensor,
             keypoints: views.iter().map(Keypoints::of).collect(),
         }
     }
