@@ -68,6 +68,26 @@ class VariantTest(unittest.TestCase):
         _, p = make_variant("remove", base, np.random.default_rng(0))
         self.assertTrue(0.03 <= p["ink_removed"] <= 0.6, p)
 
+    def test_the_negative_of_a_glyph_on_a_plate_keeps_the_glyph(self):
+        # A white bar on a blue tile: knocked out whole, the tile would leave a
+        # blank hole; its negative is a paper tile with the bar in the block's colour.
+        plate = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 100 100">'
+                 '<rect width="100" height="100" fill="#1040c0"/>'
+                 '<rect x="20" y="40" width="60" height="20" fill="#ffffff"/></svg>')
+        rgba = render_rgba(Mark(mark_id="p", source_set="test", name="p", svg=plate,
+                                licence="CC0-1.0"), size=256, keep=False)
+        img, p = make_variant("reverse", rgba, np.random.default_rng(0))
+        self.assertTrue(p["plate"], p)
+        grey = np.asarray(img.convert("L"), np.float32)
+        h, w = grey.shape
+        self.assertGreater(grey[h // 2 - 60, w // 2], 200, "the tile is knocked out to paper")
+        self.assertLess(grey[h // 2, w // 2], 120, "the bar keeps the block's colour")
+        self.assertLess(grey[2, 2], 120, "the block surrounds the tile")
+        # Two tones side by side, neither on the other: knocked out whole.
+        _, p = make_variant("reverse", render_rgba(mark(), size=256, keep=False),
+                            np.random.default_rng(0))
+        self.assertFalse(p["plate"], p)
+
 
 class SplitTest(unittest.TestCase):
     def test_brand_keys_join_variants_of_one_brand(self):

@@ -43,23 +43,75 @@ def recolour(rgba: Image.Image, r: np.random.Generator) -> tuple[Image.Image, di
 
 def reverse(rgba: Image.Image, r: np.random.Generator) -> tuple[Image.Image, dict]:
     """Contrast reversal: the mark knocked out of a solid block of its ink
-    colour (a negative), as printed on packaging."""
+    colour (a negative), as printed on packaging.
+
+    A mark drawn on a plate of its own (a disc or tile of one tone holding a
+    glyph of another) is not knocked out whole: that would leave a blank hole
+    of the plate's outline, with nothing of the mark in it.  Its two tones swap
+    instead: the plate is knocked out and the glyph stays in the block's colour.
+    """
     a = np.asarray(rgba, dtype=np.float32)
     ink = a[..., 3] > 128
     colour = a[..., :3][ink].mean(axis=0) if ink.any() else np.zeros(3, np.float32)
     if colour.mean() > 200:  # near-white ink: a dark block
         colour = np.array([30, 30, 34], np.float32)
+    glyph = plate_glyph(a)
     pad = int(0.12 * max(rgba.size))
     w, h = rgba.size[0] + 2 * pad, rgba.size[1] + 2 * pad
     block = np.empty((h, w, 4), np.float32)
     block[..., :3] = colour
     block[..., 3] = 255
     alpha = np.zeros((h, w), np.float32)
-    alpha[pad:pad + rgba.size[1], pad:pad + rgba.size[0]] = a[..., 3] / 255.0
+    knocked = a[..., 3] / 255.0 if glyph is None else a[..., 3] / 255.0 * (1 - glyph)
+    alpha[pad:pad + rgba.size[1], pad:pad + rgba.size[0]] = knocked
     paper = r.uniform(235, 255)
     block[..., :3] = block[..., :3] * (1 - alpha[..., None]) + paper * alpha[..., None]
     return Image.fromarray(block.round().astype(np.uint8), "RGBA"), {
-        "variant": "reverse", "block": [int(v) for v in colour], "pad": r3(pad / max(w, h))}
+        "variant": "reverse", "block": [int(v) for v in colour], "pad": r3(pad / max(w, h)),
+        "plate": glyph is not None}
+
+
+def plate_glyph(a: np.ndarray) -> np.ndarray | None:
+    """How much each pixel of a mark (RGBA, float) belongs to the glyph on its
+    plate, from 0 to 1, or None when the mark is not a glyph on a plate.
+
+    The ink's colours are split in two along their main axis (Otsu).  The mark
+    is a plate when the two tones are clearly apart, the lesser holds 1-50% of
+    the ink, and at least 60% of it lies inside the greater's outline."""
+    ink = a[..., 3] > 128
+    if ink.sum() < 100:
+        return None
+    rgb = a[..., :3][ink]
+    mean = rgb.mean(axis=0)
+    _, _, vt = np.linalg.svd(rgb - mean, full_matrices=False)
+    proj = (a[..., :3] - mean) @ vt[0]
+    if np.ptp(proj[ink]) < 80:  # one tone
+        return None
+    t = _otsu(proj[ink])
+    lo, hi = ink & (proj <= t), ink & (proj > t)
+    major, minor = (lo, hi) if lo.sum() >= hi.sum() else (hi, lo)
+    if not 0.01 <= minor.sum() / ink.sum() <= 0.5:
+        return None
+    m_major, m_minor = proj[major].mean(), proj[minor].mean()
+    if abs(m_minor - m_major) < 80:  # the tones are not clearly apart
+        return None
+    inside = ndimage.binary_fill_holes(major)
+    if (inside & minor).sum() < 0.6 * minor.sum():
+        return None
+    weight = np.clip((proj - m_major) / (m_minor - m_major), 0, 1)
+    return np.where(inside, weight, 0.0)
+
+
+def _otsu(values: np.ndarray) -> float:
+    """The threshold that best splits `values` in two (Otsu, 256 bins)."""
+    hist, edges = np.histogram(values, bins=256)
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    s0 = np.cumsum(hist * centres)
+    m0 = s0 / np.maximum(w0, 1)
+    m1 = (s0[-1] - s0) / np.maximum(w1, 1)
+    return float(centres[np.argmax(w0 * w1 * (m0 - m1) ** 2)])
 
 
 def mirror(rgba: Image.Image, r: np.random.Generator) -> tuple[Image.Image, dict]:
