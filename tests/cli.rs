@@ -467,10 +467,10 @@ fn embed_writes_the_views_a_search_shows_the_model() {
         // The mark is cropped out of the photo, not the photo shown whole.
         assert!(grey.width() * grey.height() < pw * ph / 2, "{view}");
     }
-    // Knockouts only mean something for the views.
+    // Leaving out knockouts only means something for the views.
     let refused = marklens(
         tmp.path(),
-        &["embed", photo.to_str().unwrap(), "--knockouts"],
+        &["embed", photo.to_str().unwrap(), "--no-knockouts"],
     );
     assert!(!refused.status.success());
 }

@@ -13,6 +13,7 @@ use marklens::index::synthetic::clustered;
 use marklens::service::{self, ServeConfig};
 use marklens::{EngineConfig, EnrollRequest, IndexChoice, MarkFields, SearchOptions};
 
+use super::search::KnockoutArgs;
 use super::serve::runtime;
 use super::{Global, image_files, progress, read_limited};
 
@@ -100,10 +101,8 @@ pub struct RunArgs {
     /// stored calibration is used, if any.
     #[arg(long, value_name = "CSV")]
     pub calibration: Option<PathBuf>,
-    /// Search the queries for marks knocked out of solid blocks (`marklens search
-    /// --knockouts`).
-    #[arg(long)]
-    pub knockouts: bool,
+    #[command(flatten)]
+    pub knockouts: KnockoutArgs,
 }
 
 pub fn run(global: &Global, command: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -357,7 +356,7 @@ fn run_retrieval(global: &Global, args: RunArgs) -> anyhow::Result<ExitCode> {
         },
         hnsw: engine.config().hnsw,
         export: args.export.clone(),
-        knockouts: args.knockouts,
+        knockouts: args.knockouts.enabled(),
     };
     if let Some(dir) = &config.export {
         std::fs::create_dir_all(dir)?;
@@ -368,7 +367,7 @@ fn run_retrieval(global: &Global, args: RunArgs) -> anyhow::Result<ExitCode> {
         let photos = labelled_photos(&photos, &gallery, &relevance)?;
         let bar = progress(photos.len(), "calibrating");
         let options = SearchOptions {
-            knockouts: args.knockouts,
+            knockouts: args.knockouts.enabled(),
             ..SearchOptions::default()
         };
         engine.calibrate(

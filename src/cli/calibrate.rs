@@ -11,6 +11,7 @@ use marklens::bench::retrieval::{GalleryRow, load_queries, read_manifest};
 use marklens::decision::{Calibration, DEFAULT_MAX_MISS, DEFAULT_MIN_PRECISION};
 use marklens::engine::LabelledPhoto;
 
+use super::search::KnockoutArgs;
 use super::{Global, progress};
 
 #[derive(Debug, Args)]
@@ -32,10 +33,8 @@ pub struct CalibrateArgs {
     /// Smallest share of "match" decisions that must be right.
     #[arg(long, default_value_t = DEFAULT_MIN_PRECISION)]
     pub min_precision: f64,
-    /// Search the photos for marks knocked out of solid blocks, as `search
-    /// --knockouts` does: calibrate with the views you will search with.
-    #[arg(long)]
-    pub knockouts: bool,
+    #[command(flatten)]
+    pub knockouts: KnockoutArgs,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -50,7 +49,7 @@ pub fn run(global: &Global, args: CalibrateArgs) -> anyhow::Result<ExitCode> {
     let engine = global.open()?;
     let bar = progress(photos.len(), "calibrating");
     let options = SearchOptions {
-        knockouts: args.knockouts,
+        knockouts: args.knockouts.enabled(),
         ..SearchOptions::default()
     };
     let c = engine.calibrate(&photos, &options, args.max_miss, args.min_precision, &|n| {

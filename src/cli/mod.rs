@@ -128,10 +128,10 @@ pub enum Command {
         /// (created if missing); their paths are listed in the output's `views`.
         #[arg(long, value_name = "DIR")]
         views_out: Option<PathBuf>,
-        /// With --views-out, also look for marks knocked out of tilted blocks, as
-        /// `search --knockouts` does.
+        /// With --views-out, leave out the views of marks knocked out of tilted
+        /// blocks, as `search --no-knockouts` does.
         #[arg(long, requires = "views_out")]
-        knockouts: bool,
+        no_knockouts: bool,
     },
     /// Benchmarks: gRPC load, synthetic galleries at scale.
     #[command(subcommand)]
@@ -171,8 +171,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Embed {
             image,
             views_out,
-            knockouts,
-        } => search::run_embed(global, &image, views_out.as_deref(), knockouts),
+            no_knockouts,
+        } => search::run_embed(global, &image, views_out.as_deref(), !no_knockouts),
         Command::Bench(c) => bench::run(global, c),
         Command::Serve(a) => serve::run(global, a),
         Command::Demo(a) => demo::run(global, a),

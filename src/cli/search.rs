@@ -43,12 +43,32 @@ pub struct MatchArgs {
     #[arg(long, env = "MARKLENS_SERVER", value_name = "URL")]
     pub server: Option<String>,
 
-    /// Also look for marks knocked out of solid blocks (negatives printed on
+    #[command(flatten)]
+    pub knockouts: KnockoutArgs,
+}
+
+/// The switch for knocked-out marks, shared by every command that searches.
+#[derive(Debug, Args)]
+pub struct KnockoutArgs {
+    /// Do not look for marks knocked out of solid blocks (negatives printed on
     /// packaging) that do not fill the photo's crop: tilted, or beside a label's
-    /// edge. About one photo in eight gets one more view and takes about twice as
-    /// long; finds many more contrast-reversed marks.
-    #[arg(long)]
-    pub knockouts: bool,
+    /// edge. Looking is on by default: about one photo in eight gets one more
+    /// view and takes about twice as long, and most contrast-reversed marks are
+    /// found only that way.
+    #[arg(long, overrides_with = "knockouts")]
+    no_knockouts: bool,
+
+    /// Look for knocked-out marks (the default; kept for scripts written when
+    /// it was not).
+    #[arg(long, hide = true, overrides_with = "no_knockouts")]
+    knockouts: bool,
+}
+
+impl KnockoutArgs {
+    /// Whether searches look for knocked-out marks: unless `--no-knockouts` came last.
+    pub fn enabled(&self) -> bool {
+        !self.no_knockouts
+    }
 }
 
 impl MatchArgs {
@@ -61,7 +81,7 @@ impl MatchArgs {
                 statuses: self.statuses.clone(),
                 holder: self.holder.clone(),
             },
-            knockouts: self.knockouts,
+            knockouts: self.knockouts.enabled(),
         }
     }
 }

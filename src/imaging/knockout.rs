@@ -8,7 +8,7 @@
 //! shadow, it does not. This module looks at the shape of the ink instead: the
 //! largest piece of ink, with its holes filled, is a block when it is nearly
 //! convex, mostly ink and holed. The box around its holes is then where the mark
-//! is, and a search that asks for knockouts searches it as a further view.
+//! is, and searches look there too, as a further view (unless switched off).
 
 use imageproc::geometry::convex_hull;
 use imageproc::point::Point;

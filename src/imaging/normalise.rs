@@ -85,8 +85,8 @@ pub const MAX_VIEWS: usize = 3;
 /// printed on (or knocked out of) the block, as a further view. With `knockouts`,
 /// a block that does not fill its crop (tilted, or beside a label's edge) is
 /// also known by its shape, and its holes are searched ([`super::knockout`]).
-/// That is for photos only, on request: a recorded mark is drawn plainly, and a
-/// photo pays a view for it about one time in eight.
+/// That is for photos only (searches look unless told not to): a recorded mark
+/// is drawn plainly, and a photo pays a view for it about one time in eight.
 ///
 /// On a mid-tone ground (a brown box, a grey card) white is looked past too
 /// ([`whites_to_ground`]): the white drawn in a mark, or glare, stands out from

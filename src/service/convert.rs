@@ -148,7 +148,9 @@ pub fn options_from_proto(request: &pb::SearchRequest) -> Result<SearchOptions, 
                 .collect(),
             holder: non_empty(&filter.holder),
         },
-        knockouts: request.knockouts,
+        knockouts: request
+            .knockouts
+            .unwrap_or(SearchOptions::default().knockouts),
     })
 }
 
@@ -174,7 +176,7 @@ pub fn options_to_proto(options: &SearchOptions) -> pb::SearchRequest {
                 .collect(),
             holder: options.filter.holder.clone().unwrap_or_default(),
         }),
-        knockouts: options.knockouts,
+        knockouts: Some(options.knockouts),
     }
 }
 
@@ -323,7 +325,7 @@ mod tests {
                 statuses: vec![],
                 holder: Some("acme".into()),
             },
-            knockouts: true,
+            knockouts: false,
         };
         let back = options_from_proto(&options_to_proto(&options)).unwrap();
         assert_eq!(back, options);
