@@ -67,6 +67,23 @@ fn enroll_search_screen_and_manage_marks() {
     assert_eq!(json["matches"][0]["record"]["id"], ids[2].as_str());
     assert_eq!(json["matches"].as_array().unwrap().len(), 3);
     assert!(json["timings"]["embed_ms"].as_f64().unwrap() > 0.0);
+    // Knockouts are looked for by default; either switch is accepted (the old
+    // `--knockouts` too, for scripts), and a plain mark has no knocked-out view
+    // to change its answer.
+    for switches in [
+        &["--no-knockouts"][..],
+        &["--knockouts"],
+        &["--knockouts", "--no-knockouts"],
+    ] {
+        let mut args = vec!["search", query.to_str().unwrap(), "--json", "-k", "1"];
+        args.extend_from_slice(switches);
+        let json: serde_json::Value = serde_json::from_str(&ok(&data, &args)).unwrap();
+        assert_eq!(
+            json["matches"][0]["record"]["id"],
+            ids[2].as_str(),
+            "{switches:?}"
+        );
+    }
 
     // screen: a folder with photos and a broken file; every format is well formed.
     let photos = tmp.path().join("photos");
