@@ -12,7 +12,7 @@ set -euo pipefail
 
 DATA=target/bench-data   # gallery, queries and the marklens data directories
 OUT=bench-report         # reports
-DISTRACTORS=100000       # symbol icons added to the real marks (before dedup)
+DISTRACTORS=114000       # symbol icons drawn before dedup: 100,254 are kept (issue 5 asks >= 100k)
 PER_LEVEL=500            # photos per level (medium, hard)
 PER_VARIANT=100          # photos per infringing-variant kind
 OPEN=300                 # photos of brands kept out of the gallery
