@@ -436,10 +436,41 @@ fn calibrate_stores_thresholds_that_search_and_screen_report() {
 #[test]
 fn the_demo_enrols_calibrates_and_screens() {
     let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    // A data directory left by an older build: marks embedded by another model
+    // (the backbone with one weight byte changed). The demo re-embeds them
+    // instead of refusing the directory.
+    let mut bytes =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/efficientnet_lite0.onnx"))
+            .unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    let older = tmp.path().join("older.onnx");
+    std::fs::write(&older, &bytes).unwrap();
+    let ids = small_gallery(&tmp.path().join("marks"));
+    ok(
+        &data,
+        &[
+            "--model",
+            older.to_str().unwrap(),
+            "enroll",
+            tmp.path().join("marks").to_str().unwrap(),
+        ],
+    );
+    let refused = marklens(&data, &["info"]);
+    assert!(!refused.status.success(), "the default model refuses it");
+
     let report = tmp.path().join("demo.html");
     let out = ok(
-        &tmp.path().join("data"),
+        &data,
         &["demo", "--no-serve", "--report", report.to_str().unwrap()],
+    );
+    assert!(
+        out.contains(&format!(
+            "re-embedded {} mark(s) recorded by an older model",
+            ids.len()
+        )),
+        "{out}"
     );
     assert!(out.contains("gallery: 300 real marks"), "{out}");
     assert!(
@@ -452,6 +483,7 @@ fn the_demo_enrols_calibrates_and_screens() {
         html.contains("class=\"decision "),
         "decisions are in the report"
     );
+    ok(&data, &["info"]);
 }
 
 #[test]

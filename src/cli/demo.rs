@@ -64,7 +64,10 @@ pub fn enroll_demo_gallery(
 }
 
 pub fn run(global: &Global, args: DemoArgs) -> anyhow::Result<ExitCode> {
-    let engine = global.open()?;
+    // A data directory left by an older build holds vectors of another model. The
+    // demo re-embeds them from their stored images rather than stopping: nothing
+    // is lost, and the demo's one command keeps working after an upgrade.
+    let engine = global.open_allowing_stale()?;
     let info = engine.info()?;
     println!(
         "marklens demo: model {} on {}, data in {}",
@@ -72,6 +75,10 @@ pub fn run(global: &Global, args: DemoArgs) -> anyhow::Result<ExitCode> {
         info.backend,
         info.data_dir.display()
     );
+    let reembedded = super::marks::reembed_stale(&engine)?;
+    if reembedded > 0 {
+        println!("re-embedded {reembedded} mark(s) recorded by an older model");
+    }
     enroll_demo_gallery(&engine, &args.fixtures, global)?;
     let labelled = args.fixtures.join("queries-bench.csv");
     if engine.calibration().is_none() && labelled.is_file() {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 use marklens::decision::Calibration;
-use marklens::{EngineConfig, ListQuery, MarkRecord, MarkStatus};
+use marklens::{ListQuery, MarkRecord, MarkStatus};
 
 use super::{Global, progress};
 
@@ -226,11 +226,18 @@ fn decision_rules(calibration: Option<&Calibration>) -> String {
 }
 
 pub fn run_reembed(global: &Global) -> anyhow::Result<ExitCode> {
-    let config = EngineConfig {
-        allow_stale_model: true,
-        ..global.engine_config()?
-    };
-    let engine = marklens::Engine::open(config)?;
+    let engine = global.open_allowing_stale()?;
+    let done = reembed_stale(&engine)?;
+    println!(
+        "{done} mark(s) re-embedded with {}",
+        engine.embedder().fingerprint()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Re-embeds the marks another model made, with a progress bar, and flushes.
+/// Returns how many there were.
+pub fn reembed_stale(engine: &marklens::Engine) -> anyhow::Result<usize> {
     let bar = progress(0, "embedding");
     let done = engine.reembed_stale(&|done, total| {
         bar.set_length(total as u64);
@@ -238,9 +245,5 @@ pub fn run_reembed(global: &Global) -> anyhow::Result<ExitCode> {
     })?;
     bar.finish_and_clear();
     engine.flush()?;
-    println!(
-        "{done} mark(s) re-embedded with {}",
-        engine.embedder().fingerprint()
-    );
-    Ok(ExitCode::SUCCESS)
+    Ok(done)
 }

@@ -207,7 +207,19 @@ impl Global {
 
     /// Opens the engine on the data directory.
     pub fn open(&self) -> anyhow::Result<Engine> {
-        let config = self.engine_config()?;
+        self.open_with(self.engine_config()?)
+    }
+
+    /// Opens the engine even if some marks were embedded by another model, so
+    /// that they can be re-embedded ([`marks::reembed_stale`]).
+    pub fn open_allowing_stale(&self) -> anyhow::Result<Engine> {
+        self.open_with(EngineConfig {
+            allow_stale_model: true,
+            ..self.engine_config()?
+        })
+    }
+
+    fn open_with(&self, config: EngineConfig) -> anyhow::Result<Engine> {
         Engine::open(config)
             .with_context(|| format!("cannot open data directory {}", self.data_dir.display()))
     }
