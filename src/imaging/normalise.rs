@@ -801,8 +801,16 @@ fn redraw(
     GrayImage::from_fn(x1 - x0, y1 - y0, |x, y| {
         let d = distance[(y * (x1 - x0) + x) as usize];
         let strength = ((d - zero) / span).clamp(0.0, 1.0);
-        Luma([255 - (strength * 255.0).round() as u8])
+        Luma([255 - round_u8(f64::from(strength * 255.0))])
     })
+}
+
+/// `v.round().clamp(0.0, 255.0) as u8`, inline: without SSE4.1 in the target,
+/// `round` is a libm call, and the views' per-pixel loops call this.
+pub(super) fn round_u8(v: f64) -> u8 {
+    let v = v.clamp(0.0, 255.0);
+    let t = v as u8;
+    if v - f64::from(t) >= 0.5 { t + 1 } else { t }
 }
 
 #[cfg(test)]

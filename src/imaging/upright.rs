@@ -19,7 +19,7 @@
 
 use image::{GrayImage, Luma};
 
-use super::normalise::{downscale_grey, ink_box, scale_box, with_margin};
+use super::normalise::{downscale_grey, ink_box, round_u8, scale_box, with_margin};
 
 /// Side of the copy on which the tilt is measured.
 const SKEW_SIDE: u32 = 128;
@@ -70,11 +70,14 @@ fn tilt(view: &GrayImage) -> Option<f64> {
                 - at(x - 1, y - 1)
                 - 2.0 * at(x, y - 1)
                 - at(x + 1, y - 1);
-            let strength = gx.hypot(gy);
-            if strength > 0.0 {
-                let theta = 4.0 * gy.atan2(gx);
-                c += strength * theta.cos();
-                s += strength * theta.sin();
+            let square = gx * gx + gy * gy;
+            if square > 0.0 {
+                // cos 4θ and sin 4θ of the gradient's angle θ by doubling it
+                // twice, without trigonometry: this loop runs for every pixel.
+                let strength = square.sqrt();
+                let (c2, s2) = ((gx * gx - gy * gy) / square, 2.0 * gx * gy / square);
+                c += strength * (c2 * c2 - s2 * s2);
+                s += strength * 2.0 * c2 * s2;
                 total += strength;
             }
         }
@@ -97,7 +100,7 @@ fn rotate(view: &GrayImage, angle: f64) -> GrayImage {
     // Bilinear between pixel centres; outside the view is white.
     let sample = |x: f64, y: f64| -> f64 {
         let (x, y) = (x - 0.5, y - 0.5);
-        let (x0, y0) = (x.floor(), y.floor());
+        let (x0, y0) = (floor(x), floor(y));
         let (fx, fy) = (x - x0, y - y0);
         let [a, b, c, d] = if x0 >= 0.0 && y0 >= 0.0 && x0 + 1.0 < fw && y0 + 1.0 < fh {
             let i = y0 as usize * stride + x0 as usize;
@@ -132,8 +135,15 @@ fn rotate(view: &GrayImage, angle: f64) -> GrayImage {
         let (dx, dy) = (f64::from(x) + 0.5 - ocx, f64::from(y) + 0.5 - ocy);
         let sx = cos * dx + sin * dy + cx;
         let sy = -sin * dx + cos * dy + cy;
-        Luma([sample(sx, sy).round().clamp(0.0, 255.0) as u8])
+        Luma([round_u8(sample(sx, sy))])
     })
+}
+
+/// `x.floor()` for `x` well within `i64`, inline: without SSE4.1 in the
+/// target, `f64::floor` is a libm call, and this runs for every output pixel.
+fn floor(x: f64) -> f64 {
+    let t = x as i64 as f64;
+    if t > x { t - 1.0 } else { t }
 }
 
 /// `view` cropped to the box around its ink, with the usual margin.
@@ -196,6 +206,17 @@ mod tests {
         });
         assert_eq!(tilt(&ring), None);
         assert_eq!(upright(ring.clone()), ring);
+    }
+
+    #[test]
+    fn inline_floor_and_round_agree_with_the_library() {
+        // Steps of 1/64 hit every half exactly, where rounding is decided.
+        for i in -64 * 300..=64 * 300 {
+            let x = f64::from(i) / 64.0;
+            assert_eq!(floor(x), x.floor(), "{x}");
+            assert_eq!(round_u8(x), x.round().clamp(0.0, 255.0) as u8, "{x}");
+        }
+        assert_eq!(round_u8(f64::NAN), 0);
     }
 
     #[test]
