@@ -46,7 +46,10 @@ fn decode_and_preprocess(c: &mut Criterion) {
             b.iter(|| {
                 let decoded = imaging::decode(black_box(&bytes), &Limits::default()).unwrap();
                 // The whole path a request takes: find the mark, views, tensor.
-                black_box(spec.preprocess.input(&decoded.image, false))
+                black_box(
+                    spec.preprocess
+                        .input(&decoded.image, SearchOptions::default().knockouts),
+                )
             })
         });
     }
