@@ -89,7 +89,7 @@ fn index_search(c: &mut Criterion) {
         exact.insert(&items);
         let mut q = queries.iter().cycle();
         group.bench_function(BenchmarkId::new(format!("exact {dim}-d"), n), |b| {
-            b.iter(|| black_box(exact.search(q.next().unwrap(), 10, &|_| true)))
+            b.iter(|| black_box(exact.search(q.next().unwrap(), 10, None)))
         });
         drop(exact);
         if std::env::var_os("MARKLENS_BENCH_SKIP_HNSW").is_some() {
@@ -98,7 +98,7 @@ fn index_search(c: &mut Criterion) {
         let mut hnsw = HnswIndex::new(dim, HnswParams::default(), n);
         hnsw.insert(&items);
         group.bench_function(BenchmarkId::new(format!("hnsw ef=64 {dim}-d"), n), |b| {
-            b.iter(|| black_box(hnsw.search(q.next().unwrap(), 10, &|_| true)))
+            b.iter(|| black_box(hnsw.search(q.next().unwrap(), 10, None)))
         });
     }
     group.finish();

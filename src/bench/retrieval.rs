@@ -764,7 +764,7 @@ fn index_sweep(
             let mut overlap = 0.0;
             for (_, s) in ok {
                 let started = Instant::now();
-                let hits = index.search(&s.views[0], 10, &|_| true);
+                let hits = index.search(&s.views[0], 10, None);
                 times.push(started.elapsed().as_secs_f64() * 1e3);
                 let found: HashSet<u64> = hits.iter().map(|h| h.label).collect();
                 let truth = &s.exact_rows;

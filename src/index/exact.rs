@@ -61,12 +61,12 @@ impl VectorIndex for ExactIndex {
         self.data.truncate(last * self.dim);
     }
 
-    fn search(&self, query: &[f32], k: usize, accept: &dyn Fn(u64) -> bool) -> Vec<Hit> {
+    fn search(&self, query: &[f32], k: usize, accept: Option<&dyn Fn(u64) -> bool>) -> Vec<Hit> {
         let hits = self
             .labels
             .iter()
             .zip(self.data.chunks_exact(self.dim))
-            .filter(|(label, _)| accept(**label))
+            .filter(|(label, _)| accept.is_none_or(|accept| accept(**label)))
             .map(|(&label, v)| Hit {
                 label,
                 score: dot(query, v),

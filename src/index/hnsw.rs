@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use anndists::dist::Distance;
 use hnsw_rs::api::AnnT;
-use hnsw_rs::hnsw::Hnsw;
+use hnsw_rs::hnsw::{Hnsw, Neighbour};
 use hnsw_rs::hnswio::HnswIo;
 use serde::{Deserialize, Serialize};
 
@@ -274,23 +274,45 @@ impl VectorIndex for HnswIndex {
         }
     }
 
-    fn search(&self, query: &[f32], k: usize, accept: &dyn Fn(u64) -> bool) -> Vec<Hit> {
+    fn search(&self, query: &[f32], k: usize, accept: Option<&dyn Fn(u64) -> bool>) -> Vec<Hit> {
         if k == 0 || self.len() == 0 {
             return Vec::new();
         }
+        let hit = |n: Neighbour| Hit {
+            label: n.d_id as u64,
+            score: 1.0 - n.distance,
+        };
+        if accept.is_none() {
+            // hnsw_rs stops a search once no candidate can better its list only
+            // when it has no filter; with one it explores every candidate. So an
+            // unfiltered search runs without one, asks for room for removed
+            // labels, drops them, and falls back to the filtered search if too
+            // few are left. Its candidate list is half again as long as the
+            // number asked: with that it ranked the calibration split as the
+            // filtered search did, in about 0.55x the time at 149,069 vectors.
+            let room = self.tombstones.len().min(k);
+            let ef = self.params.ef_search.max((k + room) * 3 / 2);
+            let hits: Vec<Hit> = self
+                .graph
+                .search_filter(query, k + room, ef, None)
+                .into_iter()
+                .map(hit)
+                .filter(|h| !self.tombstones.contains(&h.label))
+                .collect();
+            if hits.len() >= k.min(self.len()) {
+                return top_k(hits, k);
+            }
+        }
         let filter = |id: &usize| {
             let label = *id as u64;
-            !self.tombstones.contains(&label) && accept(label)
+            !self.tombstones.contains(&label) && accept.is_none_or(|accept| accept(label))
         };
         let ef = self.params.ef_search.max(k);
         let hits = self
             .graph
             .search_filter(query, k, ef, Some(&filter))
             .into_iter()
-            .map(|n| Hit {
-                label: n.d_id as u64,
-                score: 1.0 - n.distance,
-            })
+            .map(hit)
             .collect();
         top_k(hits, k)
     }
@@ -345,10 +367,7 @@ mod tests {
         assert_eq!(loaded.len(), 499);
         assert_eq!(loaded.tombstones(), 1);
         for q in clustered(20, dim, 5) {
-            assert_eq!(
-                index.search(&q, 5, &|_| true),
-                loaded.search(&q, 5, &|_| true)
-            );
+            assert_eq!(index.search(&q, 5, None), loaded.search(&q, 5, None));
         }
         // A damaged header means "rebuild", never a crash.
         std::fs::write(snap.join(HEADER), b"{not json").unwrap();

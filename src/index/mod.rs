@@ -28,8 +28,9 @@ pub trait VectorIndex: Send + Sync {
     fn insert(&mut self, items: &[(u64, Vec<f32>)]);
     /// Forgets a label (a no-op for unknown labels).
     fn remove(&mut self, label: u64);
-    /// The `k` best hits whose label passes `accept`, best first.
-    fn search(&self, query: &[f32], k: usize, accept: &dyn Fn(u64) -> bool) -> Vec<Hit>;
+    /// The `k` best hits whose label passes `accept` (every label: `None`), best
+    /// first.
+    fn search(&self, query: &[f32], k: usize, accept: Option<&dyn Fn(u64) -> bool>) -> Vec<Hit>;
     /// Number of live vectors.
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
@@ -168,12 +169,8 @@ mod tests {
         let queries = clustered(50, dim, 99);
         let mut found = 0;
         for q in &queries {
-            let truth: Vec<u64> = exact
-                .search(q, 10, &|_| true)
-                .iter()
-                .map(|h| h.label)
-                .collect();
-            let approx = hnsw.search(q, 10, &|_| true);
+            let truth: Vec<u64> = exact.search(q, 10, None).iter().map(|h| h.label).collect();
+            let approx = hnsw.search(q, 10, None);
             found += approx.iter().filter(|h| truth.contains(&h.label)).count();
         }
         let recall = found as f64 / (queries.len() * 10) as f64;
@@ -196,9 +193,9 @@ mod tests {
         for index in &mut indexes {
             index.insert(&items);
             // The query is vector 5 itself: before removal it is the best hit.
-            assert_eq!(index.search(&data[5], 1, &|_| true)[0].label, 5);
+            assert_eq!(index.search(&data[5], 1, None)[0].label, 5);
             index.remove(5);
-            let hits = index.search(&data[5], 50, &|label| label % 2 == 1);
+            let hits = index.search(&data[5], 50, Some(&|label| label % 2 == 1));
             assert!(
                 hits.iter().all(|h| h.label != 5 && h.label % 2 == 1),
                 "{}",
@@ -206,6 +203,46 @@ mod tests {
             );
             assert_eq!(index.len(), 299);
             assert!(hits.windows(2).all(|w| w[0].score >= w[1].score));
+        }
+    }
+
+    #[test]
+    fn an_unfiltered_search_still_skips_removed_labels() {
+        let dim = 32;
+        let data = clustered(400, dim, 5);
+        let items: Vec<(u64, Vec<f32>)> = data
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i as u64, v.clone()))
+            .collect();
+        let mut exact = ExactIndex::new(dim);
+        exact.insert(&items);
+        let mut hnsw = HnswIndex::new(dim, HnswParams::default(), 400);
+        hnsw.insert(&items);
+        // Remove one label, then the 30 nearest to the query: more than the room
+        // an unfiltered search of 10 leaves for removed labels.
+        let nearest: Vec<u64> = exact
+            .search(&data[7], 30, None)
+            .iter()
+            .map(|h| h.label)
+            .collect();
+        let mut gone = Vec::new();
+        for removed in [&[7u64][..], &nearest[..]] {
+            for &label in removed {
+                hnsw.remove(label);
+                exact.remove(label);
+                gone.push(label);
+            }
+            let truth: Vec<u64> = exact
+                .search(&data[7], 10, None)
+                .iter()
+                .map(|h| h.label)
+                .collect();
+            let hits = hnsw.search(&data[7], 10, None);
+            assert_eq!(hits.len(), 10);
+            assert!(hits.iter().all(|h| !gone.contains(&h.label)), "{hits:?}");
+            let found = hits.iter().filter(|h| truth.contains(&h.label)).count();
+            assert!(found >= 9, "{found} of the exact 10");
         }
     }
 }
