@@ -116,6 +116,20 @@ fn bench_run_reports_every_figure_of_the_fixtures() {
     assert!(f(&stages["total"]["p50"]) >= f(&stages["embed"]["p50"]));
     assert!(f(&stages["verify"]["p50"]) > 0.0);
     assert!(f(&stages["search"]["p50"]) >= f(&stages["verify"]["p50"]));
+    // Every searched photo is counted once by its number of views, fewest first.
+    let by_views = e["latency_by_views"].as_array().unwrap();
+    let counted: u64 = by_views
+        .iter()
+        .map(|v| v["queries"].as_u64().unwrap())
+        .sum();
+    let searched = e["queries"].as_u64().unwrap() - e["failures"].as_array().unwrap().len() as u64;
+    assert_eq!(counted, searched);
+    assert!(
+        by_views
+            .windows(2)
+            .all(|w| w[0]["views"].as_u64() < w[1]["views"].as_u64())
+    );
+    assert!(by_views.iter().all(|v| v["views"].as_u64().unwrap() >= 1));
     let sweep = e["index_sweep"]["points"].as_array().unwrap();
     assert_eq!(sweep.len(), 5);
     assert!(f(&sweep[4]["recall_at_10_vs_exact"]) >= 0.99);

@@ -252,6 +252,20 @@ impl BenchReport {
                 p.p50, p.p95, p.p99
             );
         }
+        let _ = writeln!(
+            md,
+            "\nWhole search by the number of views the photo gave (each view is embedded, \
+             searched and verified):\n"
+        );
+        let _ = writeln!(md, "| views | photos | p50 | p95 | p99 |");
+        let _ = writeln!(md, "|---|---|---|---|---|");
+        for v in &e.latency_by_views {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.2} | {:.2} | {:.2} |",
+                v.views, v.queries, v.total.p50, v.total.p95, v.total.p99
+            );
+        }
         if let Some(sweep) = &e.index_sweep {
             let _ = writeln!(md, "\n## Index against exact search\n");
             let _ = writeln!(

@@ -13,7 +13,7 @@
 //! query's brand is relevant), else by the expected mark id alone. A query
 //! without an expected mark is open-set: its brand is not recorded.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -365,6 +365,14 @@ pub struct StageLatency {
     pub total: Percentiles,
 }
 
+/// Whole-search latency of the photos that gave one number of views.
+#[derive(Debug, Clone, Serialize)]
+pub struct ViewsLatency {
+    pub views: usize,
+    pub queries: usize,
+    pub total: Percentiles,
+}
+
 /// The index at one `ef`: its top-10 against the exact top-10, and its speed.
 #[derive(Debug, Clone, Serialize)]
 pub struct EfPoint {
@@ -416,6 +424,9 @@ pub struct Evaluation {
     /// The same on the global embedding's scores alone.
     pub open_set_embedding: Vec<OpenSetPoint>,
     pub stages: StageLatency,
+    /// The whole search's latency by the number of views the photo gave, fewest
+    /// first: where the slow photos come from.
+    pub latency_by_views: Vec<ViewsLatency>,
     /// The index alone against exact search, when `ef` values were given.
     pub index_sweep: Option<IndexSweep>,
     /// Queries that could not be searched (file, error).
@@ -496,6 +507,7 @@ pub fn evaluate(
     };
     let mut failures = Vec::new();
     let mut stages: [Vec<f64>; 6] = Default::default();
+    let mut by_views: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
     // Pass 1, one photo at a time as a client would send it: the served search
     // (timed per stage), which also hands back the query's vectors.
     let mut served = Vec::with_capacity(queries.len());
@@ -525,6 +537,7 @@ pub fn evaluate(
                 for (stage, v) in stages.iter_mut().zip(sample) {
                     stage.push(v);
                 }
+                by_views.entry(views.len()).or_default().push(t.total_ms);
                 let ids: Vec<&str> = result
                     .matches
                     .iter()
@@ -627,6 +640,14 @@ pub fn evaluate(
             verify,
             total,
         },
+        latency_by_views: by_views
+            .into_iter()
+            .map(|(views, totals)| ViewsLatency {
+                views,
+                queries: totals.len(),
+                total: Percentiles::of(&totals),
+            })
+            .collect(),
         index_sweep,
         failures,
     })
