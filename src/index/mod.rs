@@ -139,6 +139,15 @@ mod tests {
     use super::synthetic::clustered;
     use super::*;
 
+    /// `data` labelled by position, the first as `first`.
+    fn labelled(data: &[Vec<f32>], first: u64) -> Vec<(u64, Vec<f32>)> {
+        (first..).zip(data.iter().cloned()).collect()
+    }
+
+    fn labels(hits: &[Hit]) -> Vec<u64> {
+        hits.iter().map(|h| h.label).collect()
+    }
+
     #[test]
     fn dot_matches_naive_sum() {
         for len in [0, 1, 7, 8, 31, 32, 37, 1280] {
@@ -157,11 +166,7 @@ mod tests {
     fn hnsw_agrees_with_exact_search() {
         let dim = 64;
         let data = clustered(2000, dim, 7);
-        let items: Vec<(u64, Vec<f32>)> = data
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (i as u64 + 1, v.clone()))
-            .collect();
+        let items = labelled(&data, 1);
         let mut exact = ExactIndex::new(dim);
         exact.insert(&items);
         let mut hnsw = HnswIndex::new(dim, HnswParams::default(), items.len());
@@ -169,7 +174,7 @@ mod tests {
         let queries = clustered(50, dim, 99);
         let mut found = 0;
         for q in &queries {
-            let truth: Vec<u64> = exact.search(q, 10, None).iter().map(|h| h.label).collect();
+            let truth = labels(&exact.search(q, 10, None));
             let approx = hnsw.search(q, 10, None);
             found += approx.iter().filter(|h| truth.contains(&h.label)).count();
         }
@@ -181,11 +186,7 @@ mod tests {
     fn removed_and_filtered_labels_never_come_back() {
         let dim = 32;
         let data = clustered(300, dim, 3);
-        let items: Vec<(u64, Vec<f32>)> = data
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (i as u64, v.clone()))
-            .collect();
+        let items = labelled(&data, 0);
         let mut indexes: Vec<Box<dyn VectorIndex>> = vec![
             Box::new(ExactIndex::new(dim)),
             Box::new(HnswIndex::new(dim, HnswParams::default(), 300)),
@@ -210,22 +211,14 @@ mod tests {
     fn an_unfiltered_search_still_skips_removed_labels() {
         let dim = 32;
         let data = clustered(400, dim, 5);
-        let items: Vec<(u64, Vec<f32>)> = data
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (i as u64, v.clone()))
-            .collect();
+        let items = labelled(&data, 0);
         let mut exact = ExactIndex::new(dim);
         exact.insert(&items);
         let mut hnsw = HnswIndex::new(dim, HnswParams::default(), 400);
         hnsw.insert(&items);
         // Remove one label, then the 30 nearest to the query: more than the room
         // an unfiltered search of 10 leaves for removed labels.
-        let nearest: Vec<u64> = exact
-            .search(&data[7], 30, None)
-            .iter()
-            .map(|h| h.label)
-            .collect();
+        let nearest = labels(&exact.search(&data[7], 30, None));
         let mut gone = Vec::new();
         for removed in [&[7u64][..], &nearest[..]] {
             for &label in removed {
@@ -233,11 +226,7 @@ mod tests {
                 exact.remove(label);
                 gone.push(label);
             }
-            let truth: Vec<u64> = exact
-                .search(&data[7], 10, None)
-                .iter()
-                .map(|h| h.label)
-                .collect();
+            let truth = labels(&exact.search(&data[7], 10, None));
             let hits = hnsw.search(&data[7], 10, None);
             assert_eq!(hits.len(), 10);
             assert!(hits.iter().all(|h| !gone.contains(&h.label)), "{hits:?}");
