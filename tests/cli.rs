@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{fixtures, gallery_subset};
+use common::{another_model, fixtures, gallery_subset};
 
 fn marklens(data: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_marklens"))
@@ -437,16 +437,9 @@ fn calibrate_stores_thresholds_that_search_and_screen_report() {
 fn the_demo_enrols_calibrates_and_screens() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    // A data directory left by an older build: marks embedded by another model
-    // (the backbone with one weight byte changed). The demo re-embeds them
-    // instead of refusing the directory.
-    let mut bytes =
-        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/efficientnet_lite0.onnx"))
-            .unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0x01;
-    let older = tmp.path().join("older.onnx");
-    std::fs::write(&older, &bytes).unwrap();
+    // A data directory left by an older build: marks embedded by another model.
+    // The demo re-embeds them instead of refusing the directory.
+    let older = another_model(tmp.path());
     let ids = small_gallery(&tmp.path().join("marks"));
     ok(
         &data,

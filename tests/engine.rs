@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{enroll_all, fixtures, gallery, gallery_subset, open, requests};
+use common::{another_model, enroll_all, fixtures, gallery, gallery_subset, open, requests};
 use marklens::store::PutOutcome;
 use marklens::{
     EngineConfig, EngineError, EnrollRequest, IndexChoice, MarkFields, MarkStatus, SearchFilter,
@@ -286,15 +286,7 @@ fn a_store_from_another_model_is_refused_then_reembedded() {
         let engine = open(dir.path());
         enroll_all(&engine, &marks);
     }
-    // Another model: the same network with one weight byte changed.
-    let mut bytes = std::fs::read(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/efficientnet_lite0.onnx"),
-    )
-    .unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0x01;
-    let other = dir.path().join("other.onnx");
-    std::fs::write(&other, &bytes).unwrap();
+    let other = another_model(dir.path());
     let config = || EngineConfig {
         model: Some(other.clone()),
         ..EngineConfig::new(dir.path())

@@ -29,6 +29,20 @@ pub fn gallery_subset(step: usize) -> Vec<(String, PathBuf)> {
     gallery().into_iter().step_by(step).collect()
 }
 
+/// Another model with the built-in contract, written into `dir`: the backbone
+/// with one weight byte changed. A store it enrols into is stale to the
+/// built-in model.
+pub fn another_model(dir: &Path) -> PathBuf {
+    let mut bytes =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/efficientnet_lite0.onnx"))
+            .unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    let path = dir.join("other.onnx");
+    std::fs::write(&path, &bytes).unwrap();
+    path
+}
+
 pub fn open(dir: &Path) -> Engine {
     Engine::open(EngineConfig::new(dir)).expect("engine opens")
 }
