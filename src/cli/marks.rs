@@ -235,8 +235,9 @@ pub fn run_reembed(global: &Global) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Re-embeds the marks another model made, with a progress bar, and flushes.
-/// Returns how many there were.
+/// Re-embeds the marks another model made, with a progress bar, and flushes
+/// when there were any (the demo calls this on every start). Returns how many
+/// there were.
 pub fn reembed_stale(engine: &marklens::Engine) -> anyhow::Result<usize> {
     let bar = progress(0, "embedding");
     let done = engine.reembed_stale(&|done, total| {
@@ -244,6 +245,8 @@ pub fn reembed_stale(engine: &marklens::Engine) -> anyhow::Result<usize> {
         bar.set_position(done as u64);
     })?;
     bar.finish_and_clear();
-    engine.flush()?;
+    if done > 0 {
+        engine.flush()?;
+    }
     Ok(done)
 }
