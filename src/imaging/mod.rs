@@ -14,7 +14,11 @@ mod upright;
 
 use std::io::Cursor;
 
-use image::{DynamicImage, GrayImage, ImageDecoder, ImageFormat, ImageReader, Rgb, RgbImage};
+use fast_image_resize::PixelType;
+use image::{
+    DynamicImage, GrayImage, ImageBuffer, ImageDecoder, ImageFormat, ImageReader, Pixel, Rgb,
+    RgbImage,
+};
 use ndarray::Array4;
 
 pub use keypoints::Keypoints;
@@ -206,13 +210,7 @@ impl Preprocess {
         let views = self.views(image, knockouts);
         let tensor = match self.framing {
             Framing::Whole => self.tensor(&[image]),
-            Framing::Mark => {
-                let rgb: Vec<RgbImage> = views
-                    .iter()
-                    .map(|v| DynamicImage::ImageLuma8(v.clone()).into_rgb8())
-                    .collect();
-                self.tensor(&rgb.iter().collect::<Vec<_>>())
-            }
+            Framing::Mark => self.batch(&views.iter().collect::<Vec<_>>(), PixelType::U8),
         };
         Input {
             tensor,
@@ -225,29 +223,47 @@ impl Preprocess {
     /// Each image is first padded to a square with white (marks vary widely in
     /// aspect ratio and must not be distorted), then resampled to the input size.
     pub fn tensor(&self, images: &[&RgbImage]) -> Array4<f32> {
+        self.batch(images, PixelType::U8x3)
+    }
+
+    /// [`Preprocess::tensor`] for RGB or grey images (`pixel_type` says which).
+    /// A grey image fills the three channels with its one: the same tensor as
+    /// its RGB copy gives, bit for bit, for a third of the resampling.
+    fn batch<P: Pixel<Subpixel = u8>>(
+        &self,
+        images: &[&ImageBuffer<P, Vec<u8>>],
+        pixel_type: PixelType,
+    ) -> Array4<f32> {
         let side = self.size as usize;
         let plane = side * side;
         let mut batch = Array4::<f32>::zeros((images.len(), 3, side, side));
         let data = batch.as_slice_mut().expect("a fresh array is contiguous");
         let scale = self.std.map(|s| 1.0 / s);
+        let channels = usize::from(P::CHANNEL_COUNT);
         let mut resizer = fast_image_resize::Resizer::new();
         for (image, slot) in images.iter().zip(data.chunks_exact_mut(3 * plane)) {
-            let resized = self.resize(&mut resizer, image);
+            let resized = self.resize(&mut resizer, image, pixel_type);
             let (r, rest) = slot.split_at_mut(plane);
             let (g, b) = rest.split_at_mut(plane);
-            for (i, px) in resized.chunks_exact(3).enumerate() {
-                r[i] = (f32::from(px[0]) - self.mean[0]) * scale[0];
-                g[i] = (f32::from(px[1]) - self.mean[1]) * scale[1];
-                b[i] = (f32::from(px[2]) - self.mean[2]) * scale[2];
+            for (i, px) in resized.chunks_exact(channels).enumerate() {
+                let [pr, pg, pb] = [0, 1, 2].map(|c| f32::from(px[c.min(channels - 1)]));
+                r[i] = (pr - self.mean[0]) * scale[0];
+                g[i] = (pg - self.mean[1]) * scale[1];
+                b[i] = (pb - self.mean[2]) * scale[2];
             }
         }
         batch
     }
 
     /// Pads `image` to a white square and resamples it to the input size; returns
-    /// the packed RGB bytes.
-    fn resize(&self, resizer: &mut fast_image_resize::Resizer, image: &RgbImage) -> Vec<u8> {
-        use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, images::Image};
+    /// the packed bytes.
+    fn resize<P: Pixel<Subpixel = u8>>(
+        &self,
+        resizer: &mut fast_image_resize::Resizer,
+        image: &ImageBuffer<P, Vec<u8>>,
+        pixel_type: PixelType,
+    ) -> Vec<u8> {
+        use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, images::Image};
         let square = pad_to_square(image);
         let side = square.width();
         if side == self.size {
@@ -255,9 +271,9 @@ impl Preprocess {
         }
         // A triangle filter stretched to the scale factor: antialiased when
         // shrinking, bilinear when enlarging. SIMD, about 10x faster than `image`'s.
-        let source = Image::from_vec_u8(side, side, square.into_raw(), PixelType::U8x3)
+        let source = Image::from_vec_u8(side, side, square.into_raw(), pixel_type)
             .expect("buffer matches its dimensions");
-        let mut target = Image::new(self.size, self.size, PixelType::U8x3);
+        let mut target = Image::new(self.size, self.size, pixel_type);
         let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
         resizer
             .resize(&source, &mut target, &options)
@@ -267,13 +283,16 @@ impl Preprocess {
 }
 
 /// Centres `image` on a white square whose side is its longer side.
-fn pad_to_square(image: &RgbImage) -> RgbImage {
+fn pad_to_square<P: Pixel<Subpixel = u8>>(
+    image: &ImageBuffer<P, Vec<u8>>,
+) -> ImageBuffer<P, Vec<u8>> {
     let (w, h) = image.dimensions();
     if w == h {
         return image.clone();
     }
     let side = w.max(h);
-    let mut square = RgbImage::from_pixel(side, side, Rgb([255, 255, 255]));
+    let white = *P::from_slice(&[255; 4][..usize::from(P::CHANNEL_COUNT)]);
+    let mut square = ImageBuffer::from_pixel(side, side, white);
     image::imageops::replace(
         &mut square,
         image,
@@ -366,6 +385,41 @@ mod tests {
         let bytes = png_bytes(&DynamicImage::new_rgb8(64, 64));
         let err = decode(&bytes[..bytes.len() / 2], &Limits::default()).unwrap_err();
         assert!(matches!(err, ImageError::Decode { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_grey_view_gives_the_tensor_of_its_rgb_copy_bit_for_bit() {
+        let pre = Preprocess {
+            framing: Framing::Mark,
+            size: 224,
+            mean: [123.675, 116.28, 103.53],
+            std: [58.395, 57.12, 57.375],
+        };
+        // Wide, tall, at the input size, and enlarged; a gradient with an edge.
+        let views: Vec<GrayImage> = [(300, 180), (97, 260), (224, 224), (40, 64)]
+            .into_iter()
+            .map(|(w, h)| {
+                GrayImage::from_fn(w, h, |x, y| {
+                    image::Luma([if x > w / 2 {
+                        20
+                    } else {
+                        ((x * 7 + y * 3) % 256) as u8
+                    }])
+                })
+            })
+            .collect();
+        let rgb: Vec<RgbImage> = views
+            .iter()
+            .map(|v| DynamicImage::ImageLuma8(v.clone()).into_rgb8())
+            .collect();
+        let want = pre.tensor(&rgb.iter().collect::<Vec<_>>());
+        let got = pre.batch(&views.iter().collect::<Vec<_>>(), PixelType::U8);
+        assert_eq!(got.shape(), want.shape());
+        assert!(
+            got.iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+        );
     }
 
     #[test]
