@@ -199,9 +199,10 @@ pub struct SearchOptions {
     /// compared with the marks' views as enrolled (which never include it, so
     /// switching it does not change the gallery); off, such photos are searched
     /// by the block alone. On by default: most contrast-reversed marks are found
-    /// only this way. It costs p95 latency (43 ms at 16,676 marks, 52 ms at
-    /// 116,930, against 34 and 46 ms off; docs/benchmarks.md, tenth round), so a
-    /// caller with a strict budget at that size switches it off.
+    /// only this way. It costs p95 latency (43 against 34 ms off at 16,676 marks,
+    /// tenth round; at 116,930 marks p95 stays just within 50 ms on a normal day,
+    /// docs/benchmarks.md, twelfth round), so a caller with a strict budget at
+    /// that size may switch it off.
     pub knockouts: bool,
 }
 
