@@ -240,9 +240,8 @@ impl Preprocess {
         let data = batch.as_slice_mut().expect("a fresh array is contiguous");
         let scale = self.std.map(|s| 1.0 / s);
         let channels = usize::from(P::CHANNEL_COUNT);
-        let mut resizer = fast_image_resize::Resizer::new();
         for (image, slot) in images.iter().zip(data.chunks_exact_mut(3 * plane)) {
-            let resized = self.resize(&mut resizer, image, pixel_type);
+            let resized = self.resize(image, pixel_type);
             let (r, rest) = slot.split_at_mut(plane);
             let (g, b) = rest.split_at_mut(plane);
             for (i, px) in resized.chunks_exact(channels).enumerate() {
@@ -259,26 +258,14 @@ impl Preprocess {
     /// the packed bytes.
     fn resize<P: Pixel<Subpixel = u8>>(
         &self,
-        resizer: &mut fast_image_resize::Resizer,
         image: &ImageBuffer<P, Vec<u8>>,
         pixel_type: PixelType,
     ) -> Vec<u8> {
-        use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, images::Image};
         let square = pad_to_square(image);
-        let side = square.width();
-        if side == self.size {
+        if square.width() == self.size {
             return square.into_raw();
         }
-        // A triangle filter stretched to the scale factor: antialiased when
-        // shrinking, bilinear when enlarging. SIMD, about 10x faster than `image`'s.
-        let source = Image::from_vec_u8(side, side, square.into_raw(), pixel_type)
-            .expect("buffer matches its dimensions");
-        let mut target = Image::new(self.size, self.size, pixel_type);
-        let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
-        resizer
-            .resize(&source, &mut target, &options)
-            .expect("same pixel type, non-empty images");
-        target.into_vec()
+        normalise::resample(&square, self.size, pixel_type).into_raw()
     }
 }
 

@@ -284,8 +284,9 @@ pub(super) fn resize_grey(image: &GrayImage, side: u32) -> GrayImage {
 }
 
 /// Resamples an 8-bit image so its longer side is `side`: a triangle filter
-/// stretched to the scale, antialiased when shrinking, bilinear when enlarging.
-fn resample<P: Pixel<Subpixel = u8>>(
+/// stretched to the scale, antialiased when shrinking, bilinear when enlarging
+/// (SIMD, about 10x faster than `image`'s).
+pub(super) fn resample<P: Pixel<Subpixel = u8>>(
     image: &ImageBuffer<P, Vec<u8>>,
     side: u32,
     pixel_type: fast_image_resize::PixelType,
