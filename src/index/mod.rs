@@ -144,6 +144,15 @@ mod tests {
         (first..).zip(data.iter().cloned()).collect()
     }
 
+    /// An exact and an HNSW index over the same `items`.
+    fn exact_and_hnsw(dim: usize, items: &[(u64, Vec<f32>)]) -> (ExactIndex, HnswIndex) {
+        let mut exact = ExactIndex::new(dim);
+        exact.insert(items);
+        let mut hnsw = HnswIndex::new(dim, HnswParams::default(), items.len());
+        hnsw.insert(items);
+        (exact, hnsw)
+    }
+
     fn labels(hits: &[Hit]) -> Vec<u64> {
         hits.iter().map(|h| h.label).collect()
     }
@@ -166,11 +175,7 @@ mod tests {
     fn hnsw_agrees_with_exact_search() {
         let dim = 64;
         let data = clustered(2000, dim, 7);
-        let items = labelled(&data, 1);
-        let mut exact = ExactIndex::new(dim);
-        exact.insert(&items);
-        let mut hnsw = HnswIndex::new(dim, HnswParams::default(), items.len());
-        hnsw.insert(&items);
+        let (exact, hnsw) = exact_and_hnsw(dim, &labelled(&data, 1));
         let queries = clustered(50, dim, 99);
         let mut found = 0;
         for q in &queries {
@@ -211,11 +216,7 @@ mod tests {
     fn an_unfiltered_search_still_skips_removed_labels() {
         let dim = 32;
         let data = clustered(400, dim, 5);
-        let items = labelled(&data, 0);
-        let mut exact = ExactIndex::new(dim);
-        exact.insert(&items);
-        let mut hnsw = HnswIndex::new(dim, HnswParams::default(), 400);
-        hnsw.insert(&items);
+        let (mut exact, mut hnsw) = exact_and_hnsw(dim, &labelled(&data, 0));
         // Remove one label, then the 30 nearest to the query: more than the room
         // an unfiltered search of 10 leaves for removed labels.
         let nearest = labels(&exact.search(&data[7], 30, None));
