@@ -18,10 +18,15 @@
 //! 3. Fusion: the candidate's score becomes its cosine similarity plus
 //!    [`WEIGHT`] times its inliers (capped at [`CAP`]) over [`CAP`].
 //!
-//! Only candidates within [`WEIGHT`] of the best similarity are verified (by the
-//! engine): one further below cannot reach the first place whatever it verifies,
-//! so skipping it leaves the best match as it is. The decision's inlier margin
-//! is taken over the verified candidates only.
+//! The engine verifies candidates in order of similarity, and stops early where
+//! that cannot change the first place: a candidate more than [`WEIGHT`] below the
+//! best similarity is never verified, and past the first [`RIVALS`], neither is
+//! one whose similarity plus [`WEIGHT`] does not beat the best fused score so far
+//! (nor can any after it). So most photos verify a handful of candidates, and
+//! those whose mark sits deep in the list (an occluded mark, ranked 40th by
+//! cosine) can still be reached at [`DEPTH`]. The decision's inlier margin is
+//! taken over the verified candidates, which always include the first
+//! [`RIVALS`] within reach.
 //!
 //! The constants were chosen on the calibration split only (docs/benchmarks.md).
 
@@ -29,6 +34,7 @@ use crate::imaging::Keypoints;
 #[cfg(target_arch = "x86_64")]
 use crate::imaging::keypoints::WORDS;
 use crate::seeded::SplitMix;
+use std::ops::Range;
 
 /// Names the scoring: which candidates are verified, how their inliers are
 /// counted and how they are fused. A fused score, and a threshold calibrated on
@@ -36,10 +42,14 @@ use crate::seeded::SplitMix;
 /// records it ([`crate::decision::Calibration::scoring`]). It spells out the
 /// constants below (a test holds it to them); a change to the consensus itself
 /// must change its version.
-pub const SCORING: &str = "consensus-v1 ratio=0.85 trials=300 tolerance=0.035 span=0.05 scales=0.5..2 depth=30 weight=0.3 cap=30";
+pub const SCORING: &str = "consensus-v1 ratio=0.85 trials=300 tolerance=0.035 span=0.05 scales=0.5..2 depth=60 rivals=10 weight=0.3 cap=30";
 
-/// How many of the best candidates by cosine are verified.
-pub const DEPTH: usize = 30;
+/// How deep in the list by cosine a candidate may be and still be verified.
+pub const DEPTH: usize = 60;
+/// How many of the first candidates (within reach) are verified whatever the
+/// best fused score: the decision's inlier margin is taken over them, and a
+/// lookalike that shares the mark's parts usually ranks among them.
+pub const RIVALS: usize = 10;
 /// A match is kept when its distance is below this share of the second best's.
 const RATIO: f32 = 0.85;
 /// Proposals tried per view pair.
@@ -57,6 +67,47 @@ const SCALES: (f32, f32) = (0.5, 2.0);
 pub const CAP: u32 = 30;
 /// Score added by a fully verified candidate.
 pub const WEIGHT: f32 = 0.3;
+
+/// Past the rivals, candidates are verified this many at a time (in parallel)
+/// between looks at the bound: a fixed number, so that a search verifies the
+/// same candidates on any machine.
+const STEP: usize = 4;
+
+/// Verifies candidates with `similarities` (best first) as far as that can change
+/// the first place (see the module's documentation), calling `verify` on
+/// consecutive ranges of them for their inliers. Returns the inliers of the
+/// verified candidates, a prefix of the list.
+pub fn bounded<E>(
+    similarities: &[f32],
+    mut verify: impl FnMut(Range<usize>) -> Result<Vec<u32>, E>,
+) -> Result<Vec<u32>, E> {
+    let reach = similarities
+        .first()
+        .map_or(f32::NEG_INFINITY, |s| s - WEIGHT);
+    let within = similarities
+        .iter()
+        .take(DEPTH)
+        .take_while(|s| **s >= reach)
+        .count();
+    let mut inliers: Vec<u32> = Vec::with_capacity(within);
+    let mut best = f32::NEG_INFINITY;
+    while inliers.len() < within {
+        let at = inliers.len();
+        // Sorted by similarity: once one candidate cannot beat the best fused
+        // score, none after it can.
+        if at >= RIVALS && similarities[at] + WEIGHT <= best {
+            break;
+        }
+        let end = within.min(if at < RIVALS { RIVALS } else { at + STEP });
+        let found = verify(at..end)?;
+        debug_assert_eq!(found.len(), end - at, "one count per candidate");
+        for (similarity, &n) in similarities[at..end].iter().zip(&found) {
+            best = best.max(fuse(*similarity, n));
+        }
+        inliers.extend(found);
+    }
+    Ok(inliers)
+}
 
 /// The fused score of a candidate with cosine similarity `similarity` and
 /// `inliers` agreeing matches.
@@ -425,10 +476,94 @@ mod tests {
             SCORING,
             format!(
                 "consensus-v1 ratio={RATIO} trials={TRIALS} tolerance={TOLERANCE} \
-                 span={MIN_SPAN} scales={}..{} depth={DEPTH} weight={WEIGHT} cap={CAP}",
+                 span={MIN_SPAN} scales={}..{} depth={DEPTH} rivals={RIVALS} weight={WEIGHT} cap={CAP}",
                 SCALES.0, SCALES.1
             )
         );
+    }
+
+    /// What [`bounded`] verifies of `similarities` when candidate `i` has
+    /// `inliers[i]` inliers, and the ranges it asked for.
+    fn run_bounded(similarities: &[f32], inliers: &[u32]) -> (Vec<u32>, Vec<Range<usize>>) {
+        let mut asked = Vec::new();
+        let found = bounded::<()>(similarities, |range| {
+            asked.push(range.clone());
+            Ok(inliers[range].to_vec())
+        })
+        .expect("no error");
+        (found, asked)
+    }
+
+    #[test]
+    fn bounded_verification_keeps_the_first_place_of_verifying_everything_within_reach() {
+        let mut rng = SplitMix::new(11);
+        let mut stopped_early = 0;
+        for case in 0..2000 {
+            let n = 1 + rng.below(90);
+            let mut similarities: Vec<f32> = (0..n)
+                .map(|_| 0.2 + rng.below(700) as f32 / 1000.0)
+                .collect();
+            similarities.sort_by(|a, b| b.total_cmp(a));
+            // Mostly weak evidence, now and then a deep candidate that verifies.
+            let inliers: Vec<u32> = (0..n)
+                .map(|_| match rng.below(10) {
+                    0 => 20 + rng.below(40) as u32,
+                    _ => rng.below(12) as u32,
+                })
+                .collect();
+            let (found, asked) = run_bounded(&similarities, &inliers);
+            assert_eq!(asked.first().map(|r| r.start), (n > 0).then_some(0));
+            assert!(
+                asked.windows(2).all(|w| w[0].end == w[1].start),
+                "{asked:?}"
+            );
+            let reach = similarities[0] - WEIGHT;
+            let within = similarities
+                .iter()
+                .take(DEPTH)
+                .take_while(|s| **s >= reach)
+                .count();
+            assert!(found.len() <= within, "case {case}: beyond reach or depth");
+            assert!(
+                found.len() >= within.min(RIVALS),
+                "case {case}: rivals skipped"
+            );
+            stopped_early += usize::from(found.len() < within);
+            let score = |i: usize| fuse(similarities[i], found.get(i).copied().unwrap_or(0));
+            let bounded_best = (0..n).map(score).fold(f32::NEG_INFINITY, f32::max);
+            let full_best = (0..within)
+                .map(|i| fuse(similarities[i], inliers[i]))
+                .chain(similarities.iter().copied())
+                .fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(bounded_best, full_best, "case {case}");
+        }
+        assert!(
+            stopped_early > 500,
+            "the bound stopped {stopped_early} of 2000 early"
+        );
+    }
+
+    #[test]
+    fn a_verified_first_place_stops_verification_after_the_rivals() {
+        let similarities: Vec<f32> = (0..50).map(|i| 0.9 - i as f32 * 0.002).collect();
+        let mut inliers = vec![3; 50];
+        inliers[0] = CAP;
+        let (found, asked) = run_bounded(&similarities, &inliers);
+        assert_eq!(found.len(), RIVALS);
+        assert_eq!(asked, vec![0..RIVALS]);
+    }
+
+    #[test]
+    fn weak_evidence_is_verified_down_to_the_depth_in_steps() {
+        let similarities: Vec<f32> = (0..DEPTH + 20).map(|i| 0.8 - i as f32 * 0.001).collect();
+        let (found, asked) = run_bounded(&similarities, &vec![0; DEPTH + 20]);
+        assert_eq!(found.len(), DEPTH);
+        assert_eq!(asked[0], 0..RIVALS);
+        assert!(asked[1..].iter().all(|r| r.len() <= STEP), "{asked:?}");
+        // Nothing further than WEIGHT below the best is verified.
+        let far = [0.9, 0.9 - WEIGHT - 0.01];
+        assert_eq!(run_bounded(&far, &[0, 0]).0.len(), 1);
+        assert!(run_bounded(&[], &[]).0.is_empty());
     }
 
     #[test]
