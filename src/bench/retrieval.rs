@@ -249,9 +249,10 @@ fn top(scores: &[f32], k: usize) -> Vec<u32> {
 }
 
 /// `exact` with its top [`verify::DEPTH`] marks re-ranked by the engine's
-/// verification against the query's keypoints: relevant marks among them take
-/// their new places, those further down keep theirs, and the top score becomes
-/// the fused one.
+/// verification against the query's keypoints (which verifies them only as far
+/// as the first place can still change, [`verify::bounded`]): relevant marks
+/// among them take their new places, those further down keep theirs, and the
+/// top score becomes the fused one.
 fn verify_top(
     engine: &Engine,
     gallery: &GalleryVectors,
