@@ -100,8 +100,9 @@ fn bench_run_reports_every_figure_of_the_fixtures() {
             assert_eq!(g["verified"][k], g["served"][k], "{} {k}", g["group"]);
         }
     }
-    // Verification reorders the exact top 30 (verify::DEPTH), so it can lift a
-    // mark ranked 11th to 30th into the top 10; on these photos it loses none.
+    // Verification reorders the exact top verify::DEPTH (as far as it verifies
+    // them), so it can lift a mark ranked below the 10th into the top 10; on
+    // these photos it loses none.
     let all = group(&report, "all");
     assert!(f(&all["verified"]["recall_at_10"]) >= f(&all["exact"]["recall_at_10"]));
     for scores in ["open_set", "open_set_embedding"] {
