@@ -157,7 +157,8 @@ fn matches_popcnt(a: &Keypoints, b: &Keypoints) -> Vec<(usize, usize)> {
 /// each lane keeps the nearest and second nearest distance it has seen. Same
 /// result as [`matches_portable`], ties included (the nearest is the first in
 /// the candidate's order). On the test split it took verification from p50 5.9
-/// to 3.5 ms (docs/benchmarks.md, seventh round).
+/// to 3.5 ms (docs/benchmarks.md, seventh round); matching four photo corners
+/// per sweep took a candidate from 118 to 91 microseconds (thirteenth round).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vpopcntdq")]
 fn matches_avx512(a: &Keypoints, b: &Keypoints) -> Vec<(usize, usize)> {
@@ -166,6 +167,8 @@ fn matches_avx512(a: &Keypoints, b: &Keypoints) -> Vec<(usize, usize)> {
     /// Added to the distance of padding lanes: above any real distance (at most
     /// 256), so padding is never nearest nor second nearest.
     const PAD: u64 = 1 << 20;
+    /// Photo corners matched per sweep over the candidate's corners.
+    const BLOCK: usize = 4;
     let n = b.descriptors.len();
     if n < 2 {
         return Vec::new();
@@ -185,47 +188,61 @@ fn matches_avx512(a: &Keypoints, b: &Keypoints) -> Vec<(usize, usize)> {
         unsafe { _mm512_loadu_si512(lanes.as_ptr().cast()) }
     };
     let mut out = Vec::new();
-    for (i, d) in a.descriptors.iter().enumerate() {
-        let query = d.map(|word| _mm512_set1_epi64(word as i64));
-        let (mut best, mut second) = (_mm512_set1_epi64(-1), _mm512_set1_epi64(-1));
-        let mut at = _mm512_setzero_si512();
+    // BLOCK photo corners share each sweep over the candidate's columns: one
+    // load of a column serves all of them, and their independent minima keep
+    // the core busy. A short last block repeats its last corner.
+    for first in (0..a.descriptors.len()).step_by(BLOCK) {
+        let count = BLOCK.min(a.descriptors.len() - first);
+        let query: [[__m512i; WORDS]; BLOCK] = std::array::from_fn(|k| {
+            a.descriptors[first + k.min(count - 1)].map(|word| _mm512_set1_epi64(word as i64))
+        });
+        let mut best = [_mm512_set1_epi64(-1); BLOCK];
+        let mut second = [_mm512_set1_epi64(-1); BLOCK];
+        let mut at = [_mm512_setzero_si512(); BLOCK];
         let mut index = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
         let step = _mm512_set1_epi64(LANES as i64);
         for j in (0..width).step_by(LANES) {
-            let mut h = load(&padding, j);
-            for (w, q) in query.iter().enumerate() {
-                let x = _mm512_xor_si512(load(&columns, w * width + j), *q);
-                h = _mm512_add_epi64(h, _mm512_popcnt_epi64(x));
+            let pad = load(&padding, j);
+            let column: [__m512i; WORDS] = std::array::from_fn(|w| load(&columns, w * width + j));
+            for k in 0..BLOCK {
+                let mut h = pad;
+                for w in 0..WORDS {
+                    let x = _mm512_xor_si512(column[w], query[k][w]);
+                    h = _mm512_add_epi64(h, _mm512_popcnt_epi64(x));
+                }
+                // Per lane, as the portable loop: nearer than the nearest moves
+                // the nearest to second; otherwise the second keeps the smaller.
+                let nearer = _mm512_cmplt_epu64_mask(h, best[k]);
+                second[k] =
+                    _mm512_mask_blend_epi64(nearer, _mm512_min_epu64(second[k], h), best[k]);
+                best[k] = _mm512_mask_blend_epi64(nearer, best[k], h);
+                at[k] = _mm512_mask_blend_epi64(nearer, at[k], index);
             }
-            // Per lane, as the portable loop: nearer than the nearest moves the
-            // nearest to second; otherwise the second keeps the smaller.
-            let nearer = _mm512_cmplt_epu64_mask(h, best);
-            second = _mm512_mask_blend_epi64(nearer, _mm512_min_epu64(second, h), best);
-            best = _mm512_mask_blend_epi64(nearer, best, h);
-            at = _mm512_mask_blend_epi64(nearer, at, index);
             index = _mm512_add_epi64(index, step);
         }
-        let (mut bests, mut seconds, mut ats) = ([0u64; LANES], [0u64; LANES], [0u64; LANES]);
-        // SAFETY: each array is 64 bytes; unaligned stores are allowed.
-        unsafe {
-            _mm512_storeu_si512(bests.as_mut_ptr().cast(), best);
-            _mm512_storeu_si512(seconds.as_mut_ptr().cast(), second);
-            _mm512_storeu_si512(ats.as_mut_ptr().cast(), at);
-        }
-        // The nearest over all lanes (the first in order among equals); the
-        // second nearest is the smallest of what remains: every lane's second,
-        // and every other lane's nearest.
-        let lane = (0..LANES)
-            .min_by_key(|&l| (bests[l], ats[l]))
-            .expect("eight lanes");
-        let second = (0..LANES)
-            .filter(|&l| l != lane)
-            .map(|l| bests[l])
-            .chain(seconds)
-            .min()
-            .expect("eight lanes");
-        if clearly_nearest(bests[lane], second) {
-            out.push((i, ats[lane] as usize));
+        for k in 0..count {
+            let (mut bests, mut seconds, mut ats) = ([0u64; LANES], [0u64; LANES], [0u64; LANES]);
+            // SAFETY: each array is 64 bytes; unaligned stores are allowed.
+            unsafe {
+                _mm512_storeu_si512(bests.as_mut_ptr().cast(), best[k]);
+                _mm512_storeu_si512(seconds.as_mut_ptr().cast(), second[k]);
+                _mm512_storeu_si512(ats.as_mut_ptr().cast(), at[k]);
+            }
+            // The nearest over all lanes (the first in order among equals); the
+            // second nearest is the smallest of what remains: every lane's
+            // second, and every other lane's nearest.
+            let lane = (0..LANES)
+                .min_by_key(|&l| (bests[l], ats[l]))
+                .expect("eight lanes");
+            let second = (0..LANES)
+                .filter(|&l| l != lane)
+                .map(|l| bests[l])
+                .chain(seconds)
+                .min()
+                .expect("eight lanes");
+            if clearly_nearest(bests[lane], second) {
+                out.push((first + k, ats[lane] as usize));
+            }
         }
     }
     out
@@ -446,11 +463,16 @@ mod tests {
         let (a, b, _) = planted();
         // SAFETY: the CPU has the instructions (checked above).
         assert_eq!(unsafe { matches_avx512(&a, &b) }, matches_portable(&a, &b));
-        // Every candidate size around the lane width, and a full-size pair.
+        // Every candidate size around the lane width, photo sizes that leave a
+        // short last block, and a full-size pair.
         for (m, n) in [
             (5, 0),
             (5, 1),
             (5, 2),
+            (1, 9),
+            (3, 9),
+            (6, 16),
+            (7, 17),
             (40, 7),
             (40, 8),
             (40, 9),
