@@ -931,11 +931,12 @@ impl Engine {
             // Without a filter the index takes its faster unfiltered path.
             let accept: Option<&dyn Fn(u64) -> bool> =
                 (!options.filter.is_empty()).then_some(&passes);
-            // Several views of a mark may rank together: fetch enough to fill the
-            // list with distinct marks. Twice the list is enough (a mark has
-            // 1.3 views on average) and, at verify::DEPTH, the 120 hits a view
-            // already fetched when 30 candidates were verified.
-            let fetch = wanted * 2;
+            // Several views of a mark may rank together. The reply is always
+            // filled: `top_k` marks hold at most `top_k * MAX_VIEWS` hits. The
+            // list verification draws on need only be nearly full (a mark has
+            // 1.3 views on average): twice its length, at verify::DEPTH the 120
+            // hits a view fetched when 30 candidates were verified.
+            let fetch = (options.top_k * imaging::normalise::MAX_VIEWS).max(wanted * 2);
             let mut best: HashMap<Arc<str>, f32> = HashMap::new();
             for view in views {
                 for hit in searchable.index.search(view, fetch, accept) {
