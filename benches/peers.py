@@ -666,7 +666,7 @@ def main() -> None:
     ap.add_argument("--report", type=Path, required=True, help="marklens report.json")
     ap.add_argument("--gallery", type=Path, required=True, help="gallery manifest (CSV)")
     ap.add_argument("--queries", type=Path, required=True, help="query manifest (CSV)")
-    ap.add_argument("--model", type=Path, default=Path("models/lite0_lw256.onnx"))
+    ap.add_argument("--model", type=Path, default=Path("models/lite0_lw256_int8.onnx"))
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--ef", type=int, nargs="+", default=[16, 32, 64, 128, 256])
     ap.add_argument("--latency-queries", type=int, default=300)

@@ -189,7 +189,7 @@ fn python_peers_run_on_the_export_and_agree_with_marklens() {
         .arg("--queries")
         .arg(fixtures().join("queries-bench.csv"))
         .arg("--model")
-        .arg(root().join("models/lite0_lw256.onnx"))
+        .arg(root().join("models/lite0_lw256_int8.onnx"))
         .arg("--out")
         .arg(tmp.path().join("report"))
         .args(["--latency-queries", "20", "--enrol-images", "40"])

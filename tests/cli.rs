@@ -251,12 +251,12 @@ fn onnxruntime_and_tract_give_the_same_embedding() {
     let (fp_tract, tract) = embed("tract");
     assert_eq!(fp_ort, fp_tract, "same model, same vector space");
     assert_eq!(ort.len(), 256);
-    let max_diff = ort
-        .iter()
-        .zip(&tract)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
-    assert!(max_diff < 1e-4, "backends differ by {max_diff}");
+    // The built-in model computes its convolutions in 8-bit integers, and the two
+    // runtimes round their rescaling between layers differently: on gallery marks
+    // their vectors agree to a cosine of 0.9976 to 0.9993 (a float model agreed to
+    // 1e-4 per value). Another model, or a broken runtime, gives far below this.
+    let cosine: f32 = ort.iter().zip(&tract).map(|(a, b)| a * b).sum();
+    assert!(cosine > 0.995, "backends' vectors have cosine {cosine}");
 }
 
 #[test]

@@ -23,8 +23,9 @@ use crate::imaging::{Framing, Preprocess};
 pub use runtime::{Backend, BackendChoice};
 
 /// The default model, compiled into the binary so that marklens runs from a single
-/// file: EfficientNet-Lite0 (ImageNet-1k), see models/README.md.
-static BUILTIN_MODEL: &[u8] = include_bytes!("../../models/lite0_lw256.onnx");
+/// file: EfficientNet-Lite0 (ImageNet-1k) with its convolutions in 8-bit integers,
+/// see models/README.md.
+static BUILTIN_MODEL: &[u8] = include_bytes!("../../models/lite0_lw256_int8.onnx");
 
 /// Why embedding failed.
 #[derive(Debug, thiserror::Error)]
@@ -61,12 +62,12 @@ pub struct ModelSpec {
 }
 
 impl ModelSpec {
-    /// The default: EfficientNet-Lite0 with a learned-whitening head
-    /// (models/README.md), shown the mark found in the image; 224 px input,
-    /// `(p - 127) / 128`, 256-d output.
+    /// The default: EfficientNet-Lite0 with a learned-whitening head, its
+    /// backbone quantised to 8 bits (models/README.md), shown the mark found in
+    /// the image; 224 px input, `(p - 127) / 128`, 256-d output.
     pub fn builtin() -> Self {
         ModelSpec {
-            name: "lite0-lw256".to_owned(),
+            name: "lite0-lw256-int8".to_owned(),
             bytes: std::borrow::Cow::Borrowed(BUILTIN_MODEL),
             input: "input".to_owned(),
             output: "features".to_owned(),
