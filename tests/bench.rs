@@ -208,12 +208,14 @@ fn python_peers_run_on_the_export_and_agree_with_marklens() {
     // port of the mark finding resamples with Pillow, so a crop can differ by a
     // pixel: close, not identical. The quadrant pooling sees where the strokes
     // are, so a crop one pixel off moves the worst photo's vector a little more
-    // (0.9899 at worst when the pooling came in).
+    // (0.9899 at worst when the pooling came in). The int8 model rounds each
+    // layer's activations to 8 bits, so a pixel's difference in the input moves
+    // every vector a little more: mean 0.9967 with it, above 0.998 in float.
     let (min, mean) = (
         f(&peers["reference"]["vector_cosine_min"]),
         f(&peers["reference"]["vector_cosine_mean"]),
     );
-    assert!(min > 0.98 && mean > 0.998, "cosine min {min}, mean {mean}");
+    assert!(min > 0.98 && mean > 0.995, "cosine min {min}, mean {mean}");
     assert!(f(&peers["reference"]["latency_ratio_marklens_over_reference"]) > 0.0);
     // pHash finds exact copies and is scored on the same queries.
     assert_eq!(f(&peers["phash"]["clean"]["recall_at_1"]), 1.0);
