@@ -31,7 +31,10 @@ fn main() -> Result<()> {
         bail!("usage: model_inputs MANIFEST.csv SPLIT EVERY OUT.f32");
     };
     let manifest = Path::new(manifest);
-    let every: usize = every.parse().context("EVERY must be a positive number")?;
+    let every: usize = match every.parse() {
+        Ok(n) if n > 0 => n,
+        _ => bail!("EVERY must be a positive number, not {every:?}"),
+    };
     let base = manifest.parent().unwrap_or(Path::new("."));
     let preprocess = ModelSpec::builtin().preprocess;
     let rows: Vec<Row> = read_manifest(manifest)?;
@@ -40,7 +43,7 @@ fn main() -> Result<()> {
     for row in rows
         .iter()
         .filter(|r| split == "-" || &r.split == split)
-        .step_by(every.max(1))
+        .step_by(every)
     {
         let path = base.join(&row.file);
         let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
