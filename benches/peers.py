@@ -61,15 +61,16 @@ def percentiles(ms: list[float]) -> dict:
 
 
 # The mark-finding framing of src/imaging/normalise.rs (constants and steps
-# in the same order; see there for why), framing tag mark-v4 (the table,
-# along one side at least, and white looked past on a mid-tone ground).
+# in the same order; see there for why), framing tag mark-v5 (the table,
+# along one side at least, white looked past on a mid-tone ground, and a crop
+# shrunk to VIEW_SIDE before it is redrawn, in an image shrunk to IMAGE_SIDE).
 WORK_SIDE, RING, REFIT_DROP, MIN_THRESHOLD = 128, 0.04, 0.2, 20.0
 TRIM, MARGIN, INK_QUANTILE = 0.005, 0.06, 0.9
 BLOCK_SHARE, BLOCK_EDGE, MIN_BLOCK_SIDE, MAX_VIEWS = 0.6, 0.04, 24, 3
 TABLE_CONTRAST, TABLE_MIN_SHARE, TABLE_MIN_CORNERS, TABLE_MAX_COVER = 40.0, 0.1, 2, 0.5
-MID_TONE, WHITE_INK = (80.0, 200.0), 0.35
+MID_TONE, WHITE_INK, IMAGE_SIDE, VIEW_SIDE = (80.0, 200.0), 0.35, 1024, 320
 # ... and of src/imaging/upright.rs.
-SKEW_SIDE, MIN_CLARITY, MIN_TILT_DEG, CROP_INK, ROTATE_SIDE = 128, 0.15, 1.0, 32.0, 320
+SKEW_SIDE, MIN_CLARITY, MIN_TILT_DEG, CROP_INK = 128, 0.15, 1.0, 32.0
 
 
 def rnd(x):
@@ -219,11 +220,15 @@ def scale_box(b, scale, w, h):
 def redraw(img: np.ndarray, coef, threshold: float, box, table=None) -> tuple:
     h, w, _ = img.shape
     x0, y0, x1, y1 = box
-    d = distance(img[y0:y1, x0:x1], coef, coords(w)[x0:x1], coords(h)[y0:y1])
+    crop = shrink(img[y0:y1, x0:x1], VIEW_SIDE)  # shrunk before it is redrawn
+    vh, vw, _ = crop.shape
+    ix = x0 + (np.arange(vw) + 0.5) * ((x1 - x0) / vw)  # view pixel centres in img
+    iy = y0 + (np.arange(vh) + 0.5) * ((y1 - y0) / vh)
+    d = distance(crop, coef, ix / w - 0.5, iy / h - 0.5)
     if table is not None:
         th, tw = table.shape
-        ys = np.minimum(np.arange(y0, y1) * th // h, th - 1)
-        xs = np.minimum(np.arange(x0, x1) * tw // w, tw - 1)
+        ys = np.minimum(iy.astype(np.int64) * th // h, th - 1)
+        xs = np.minimum(ix.astype(np.int64) * tw // w, tw - 1)
         d[table[np.ix_(ys, xs)]] = 0.0
     ink = np.sort(d[d > threshold])
     full = ink[int(rnd(INK_QUANTILE * (len(ink) - 1)))] if len(ink) else threshold
@@ -253,15 +258,17 @@ def normalise(img: np.ndarray):
     scale = w / sw
     outer = scale_box((inner[0] - m, inner[1] - m, inner[2] + m, inner[3] + m), scale, w, h)
     ink = scale_box(inner, scale, w, h)
-    in_view = (ink[0] - outer[0], ink[1] - outer[1],
-               min(ink[2], outer[2]) - outer[0], min(ink[3], outer[3]) - outer[1])
+    view = redraw(img, coef, t, outer, table)
+    in_view = scale_box((ink[0] - outer[0], ink[1] - outer[1],
+                         min(ink[2], outer[2]) - outer[0], min(ink[3], outer[3]) - outer[1]),
+                        view.shape[1] / (outer[2] - outer[0]), view.shape[1], view.shape[0])
     mid = None
     g0 = coef[:, 0]  # the ground at the centre
     if MID_TONE[0] <= 0.299 * g0[0] + 0.587 * g0[1] + 0.114 * g0[2] <= MID_TONE[1]:
         inked = d > t
         white = nearer_white(small, basis(*np.meshgrid(coords(sw), coords(sh))) @ coef.T)
         mid = (coef, (white & inked).sum() / max(inked.sum(), 1))
-    return redraw(img, coef, t, outer, table), in_view, ink, mid
+    return view, in_view, ink, mid
 
 
 def nearer_white(img: np.ndarray, g: np.ndarray) -> np.ndarray:
@@ -351,7 +358,7 @@ def upright(view: np.ndarray) -> np.ndarray:
     angle = tilt(shrink(view, SKEW_SIDE))
     if angle is None or abs(np.degrees(angle)) < MIN_TILT_DEG:
         return view
-    return crop_to_ink(rotate(shrink(view, ROTATE_SIDE), -angle))
+    return crop_to_ink(rotate(view, -angle))
 
 
 def views(img: np.ndarray) -> list[np.ndarray]:
@@ -359,6 +366,7 @@ def views(img: np.ndarray) -> list[np.ndarray]:
 
 
 def found_views(img: np.ndarray) -> list[np.ndarray]:
+    img = shrink(img, IMAGE_SIDE)
     found = normalise(img)
     if found is None:
         h, w, _ = img.shape

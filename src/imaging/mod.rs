@@ -167,7 +167,7 @@ impl Framing {
     pub fn tag(self) -> &'static str {
         match self {
             Framing::Whole => "whole",
-            Framing::Mark => "mark-v4",
+            Framing::Mark => "mark-v5",
         }
     }
 }

@@ -29,21 +29,18 @@ const SKEW_SIDE: u32 = 128;
 const MIN_CLARITY: f64 = 0.15;
 /// Tilts smaller than this, in degrees, are left alone (not worth a resampling).
 const MIN_TILT_DEG: f64 = 1.0;
-/// Longest side a view is shrunk to before it is rotated: above the model's
-/// 224-pixel input, so the detail the model sees survives, while a large crop
-/// is not rotated pixel by pixel (at full size this step added 7 ms to a
-/// photo's preprocessing at p95).
-const ROTATE_SIDE: u32 = 320;
 /// Ink strength, 0..=255, above which a pixel counts when re-cropping the rotated view.
 const CROP_INK: f32 = 32.0;
 
 /// `view` (dark ink on white) rotated so its dominant axes are horizontal and
 /// vertical, then cropped to its ink again; unchanged when it has no clear axis
-/// or is already square to the frame.
+/// or is already square to the frame. Views are at most
+/// [`VIEW_SIDE`](super::normalise::VIEW_SIDE) pixels, which bounds the rotation's
+/// per-pixel work.
 pub(super) fn upright(view: GrayImage) -> GrayImage {
     match tilt(&downscale_grey(&view, SKEW_SIDE)) {
         Some(angle) if angle.abs().to_degrees() >= MIN_TILT_DEG => {
-            crop_to_ink(rotate(&downscale_grey(&view, ROTATE_SIDE), -angle))
+            crop_to_ink(rotate(&view, -angle))
         }
         _ => view,
     }
