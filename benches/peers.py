@@ -7,11 +7,11 @@ queries' vectors) and its report.json, and runs three peers:
 1. A reference pipeline of the kind users assemble themselves: Pillow decode
    and the same preprocessing (the mark found and redrawn, ported line by line
    from src/imaging/normalise.rs in numpy; pad to a white square, bilinear
-   resize to 224, (x - 127) / 128), the same ONNX model in onnxruntime, and
-   faiss HNSW (same graph parameters) over the same gallery vectors, each view
-   searched.  Latency per photo and enrolment throughput, reported as
-   marklens / reference ratios; the cosine between its first-view query vectors
-   and marklens' checks that both compute the same thing.
+   resize to 224 through 112, (x - 127) / 128), the same ONNX model in
+   onnxruntime, and faiss HNSW (same graph parameters) over the same gallery
+   vectors, each view searched.  Latency per photo and enrolment throughput,
+   reported as marklens / reference ratios; the cosine between its first-view
+   query vectors and marklens' checks that both compute the same thing.
 2. A perceptual-hash matcher (imagehash pHash, Hamming distance): accuracy.
 3. hnswlib and faiss HNSW against hnsw_rs (marklens' index) on the same
    vectors: build time, and single-thread QPS at equal recall@10.
@@ -69,6 +69,8 @@ TRIM, MARGIN, INK_QUANTILE = 0.005, 0.06, 0.9
 BLOCK_SHARE, BLOCK_EDGE, MIN_BLOCK_SIDE, MAX_VIEWS = 0.6, 0.04, 24, 3
 TABLE_CONTRAST, TABLE_MIN_SHARE, TABLE_MIN_CORNERS, TABLE_MAX_COVER = 40.0, 0.1, 2, 0.5
 MID_TONE, WHITE_INK, IMAGE_SIDE, VIEW_SIDE = (80.0, 200.0), 0.35, 1024, 320
+# ... and the model input's detail side (`Preprocess::detail` in src/imaging/mod.rs).
+DETAIL = 112
 # ... and of src/imaging/upright.rs.
 SKEW_SIDE, MIN_CLARITY, MIN_TILT_DEG, CROP_INK = 128, 0.15, 1.0, 32.0
 
@@ -406,7 +408,9 @@ def to_tensor(img: Image.Image) -> np.ndarray:
     side = max(img.size)
     square = Image.new("RGB", (side, side), (255, 255, 255))
     square.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
-    small = square.resize((224, 224), Image.Resampling.BILINEAR)
+    # Through DETAIL px first, as `Preprocess::detail`: the model sees coarse detail.
+    coarse = square.resize((DETAIL, DETAIL), Image.Resampling.BILINEAR)
+    small = coarse.resize((224, 224), Image.Resampling.BILINEAR)
     x = (np.asarray(small, dtype=np.float32) - 127.0) / 128.0
     return x.transpose(2, 0, 1)[None]
 

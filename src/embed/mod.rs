@@ -64,7 +64,8 @@ pub struct ModelSpec {
 impl ModelSpec {
     /// The default: EfficientNet-Lite0 with a learned-whitening head, its
     /// backbone quantised to 8 bits (models/README.md), shown the mark found in
-    /// the image; 224 px input, `(p - 127) / 128`, 256-d output.
+    /// the image; 224 px input showing 112 px of detail, `(p - 127) / 128`,
+    /// 256-d output.
     pub fn builtin() -> Self {
         ModelSpec {
             name: "lite0-lw256-int8".to_owned(),
@@ -75,6 +76,7 @@ impl ModelSpec {
             preprocess: Preprocess {
                 framing: Framing::Mark,
                 size: 224,
+                detail: 112,
                 mean: [127.0; 3],
                 std: [128.0; 3],
             },
@@ -108,12 +110,13 @@ impl ModelSpec {
         hasher.update(&self.bytes);
         let p = &self.preprocess;
         hasher.update(format!(
-            "|in={}|out={}|dim={}|framing={}|size={}|mean={:?}|std={:?}|keypoints={}",
+            "|in={}|out={}|dim={}|framing={}|size={}|detail={}|mean={:?}|std={:?}|keypoints={}",
             self.input,
             self.output,
             self.dim,
             p.framing.tag(),
             p.size,
+            p.detail,
             p.mean,
             p.std,
             crate::imaging::keypoints::VERSION

@@ -178,6 +178,12 @@ impl Framing {
 pub struct Preprocess {
     pub framing: Framing,
     pub size: u32,
+    /// The finest detail the model is shown, as a side in pixels: the square is
+    /// resampled to it before it is enlarged to `size` (`size` or more: no
+    /// low-pass). A photo's mark arrives blurred, shaken and compressed, a
+    /// recorded mark sharp; shown both at the same coarser detail, the model
+    /// compares their shapes rather than their sharpness.
+    pub detail: u32,
     pub mean: [f32; 3],
     pub std: [f32; 3],
 }
@@ -254,18 +260,20 @@ impl Preprocess {
         batch
     }
 
-    /// Pads `image` to a white square and resamples it to the input size; returns
-    /// the packed bytes.
+    /// Pads `image` to a white square and resamples it to the input size through
+    /// the `detail` side; returns the packed bytes.
     fn resize<P: Pixel<Subpixel = u8>>(
         &self,
         image: &ImageBuffer<P, Vec<u8>>,
         pixel_type: PixelType,
     ) -> Vec<u8> {
-        let square = pad_to_square(image);
-        if square.width() == self.size {
-            return square.into_raw();
+        let mut square = pad_to_square(image);
+        for side in [self.detail.min(self.size), self.size] {
+            if square.width() != side {
+                square = normalise::resample(&square, side, pixel_type);
+            }
         }
-        normalise::resample(&square, self.size, pixel_type).into_raw()
+        square.into_raw()
     }
 }
 
@@ -379,6 +387,7 @@ mod tests {
         let pre = Preprocess {
             framing: Framing::Mark,
             size: 224,
+            detail: 112,
             mean: [123.675, 116.28, 103.53],
             std: [58.395, 57.12, 57.375],
         };
@@ -410,12 +419,44 @@ mod tests {
     }
 
     #[test]
+    fn detail_below_the_input_size_smooths_what_is_finer_than_it() {
+        // One-pixel stripes at the input size: kept as they are without a coarser
+        // detail, averaged to mid-grey through half the side.
+        let stripes = GrayImage::from_fn(32, 32, |x, _| {
+            image::Luma([if x % 2 == 0 { 0 } else { 255 }])
+        });
+        let shown = |detail| {
+            let pre = Preprocess {
+                framing: Framing::Mark,
+                size: 32,
+                detail,
+                mean: [0.0; 3],
+                std: [1.0; 3],
+            };
+            pre.batch(&[&stripes], PixelType::U8)
+        };
+        let sharp = shown(32);
+        assert_eq!(sharp[[0, 0, 5, 10]], 0.0);
+        assert_eq!(sharp[[0, 0, 5, 11]], 255.0);
+        let coarse = shown(16);
+        assert_eq!(coarse.shape(), [1, 3, 32, 32]);
+        // Away from the edges, where the first and last stripe weigh alone.
+        let inside = coarse.slice(ndarray::s![0, .., .., 4..28]);
+        assert!(
+            inside.iter().all(|&p| (p - 127.5).abs() < 2.0),
+            "{:?}",
+            coarse.slice(ndarray::s![0, 0, 5, ..])
+        );
+    }
+
+    #[test]
     fn tensor_is_normalised_and_padded_white() {
         // A 2:1 black bar: after padding, the top and bottom quarters are white.
         let image = RgbImage::from_pixel(64, 32, Rgb([0, 0, 0]));
         let pre = Preprocess {
             framing: Framing::Whole,
             size: 16,
+            detail: 16,
             mean: [127.0; 3],
             std: [128.0; 3],
         };
