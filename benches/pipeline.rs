@@ -33,14 +33,28 @@ fn backend() -> BackendChoice {
         .unwrap_or_default()
 }
 
-/// `file` enlarged to `side` pixels and encoded again as JPEG: a phone's photo
-/// in size (the fixtures are kept small).
-fn enlarged_jpeg(file: &str, side: u32) -> Vec<u8> {
+/// `file` enlarged to `width` x `height` and encoded again as JPEG at quality 90:
+/// a phone's photo in size (the fixtures are kept small). With `noise`, each
+/// channel gets seeded noise of up to that many levels, the sensor grain that
+/// makes a real photo's JPEG larger and slower to decode than a smooth one.
+fn enlarged_jpeg(file: &str, width: u32, height: u32, noise: u8) -> Vec<u8> {
     let image = image::load_from_memory(&fixture(file)).expect("fixture decodes");
-    let large = image.resize(side, side, image::imageops::FilterType::Triangle);
+    let mut large = image
+        .resize_exact(width, height, image::imageops::FilterType::Triangle)
+        .to_rgb8();
+    if noise > 0 {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for c in large.iter_mut() {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let n = (state >> 33) % (2 * u64::from(noise) + 1);
+            *c = (i32::from(*c) + n as i32 - i32::from(noise)).clamp(0, 255) as u8;
+        }
+    }
     let mut out = Vec::new();
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
-        .encode_image(&large.to_rgb8())
+        .encode_image(&large)
         .expect("encodes");
     out
 }
@@ -57,7 +71,16 @@ fn decode_and_preprocess(c: &mut Criterion) {
         ),
         (
             "photo jpeg 3072px (9 MP)",
-            enlarged_jpeg("queries/q002_medium.jpg", 3072),
+            enlarged_jpeg("queries/q002_medium.jpg", 3072, 3072, 0),
+        ),
+        (
+            "photo jpeg 4000x3000 (12 MP, grain)",
+            enlarged_jpeg("queries/q002_medium.jpg", 4000, 3000, 8),
+        ),
+        (
+            // The same photo as a client would best send it (proto: SearchRequest.image).
+            "photo jpeg 1024x768 (grain)",
+            enlarged_jpeg("queries/q002_medium.jpg", 1024, 768, 8),
         ),
     ] {
         group.bench_function(name, |b| {
