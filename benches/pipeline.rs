@@ -15,6 +15,7 @@ use marklens::embed::{BackendChoice, Embedder, ModelSpec};
 use marklens::imaging::{self, Limits};
 use marklens::index::synthetic::clustered;
 use marklens::index::{ExactIndex, HnswIndex, HnswParams, VectorIndex};
+use marklens::seeded::SplitMix;
 use marklens::{Engine, EngineConfig, EnrollRequest, MarkFields, SearchOptions};
 
 fn fixture(path: &str) -> Vec<u8> {
@@ -43,13 +44,11 @@ fn enlarged_jpeg(file: &str, width: u32, height: u32, noise: u8) -> Vec<u8> {
         .resize_exact(width, height, image::imageops::FilterType::Triangle)
         .to_rgb8();
     if noise > 0 {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rng = SplitMix::new(0x0067_7261_696e);
+        let span = 2 * usize::from(noise) + 1;
         for c in large.iter_mut() {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            let n = (state >> 33) % (2 * u64::from(noise) + 1);
-            *c = (i32::from(*c) + n as i32 - i32::from(noise)).clamp(0, 255) as u8;
+            let n = rng.below(span) as i32 - i32::from(noise);
+            *c = (i32::from(*c) + n).clamp(0, 255) as u8;
         }
     }
     let mut out = Vec::new();
