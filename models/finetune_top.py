@@ -4,11 +4,12 @@ the projection head) on synthetic photo / clean-mark pairs of the TRAINING split
 only, and writes the model with the new weights.
 
 Why: the head learned by train_whitening.py only re-weighs the 6400 pooled
-values the ImageNet backbone gives; the backbone's last 1x1 convolution
-(320 -> 1280 channels, just before the pooling) decides what those values are.
-Training it with the head lets the features themselves follow what tells a
-photographed mark from its lookalikes (calibration split, 16,676 marks, the
-photo's first view, exact, float: recall@1 0.761 -> 0.779, see models/README.md).
+values the ImageNet backbone gives; the backbone's last block (block 15) and
+its last 1x1 convolution (320 -> 1280 channels, just before the pooling) decide
+what those values are. Training them with the head lets the features themselves
+follow what tells a photographed mark from its lookalikes (calibration split,
+16,676 marks, the photo's first view, exact, float: recall@1 0.761 -> 0.790;
+the last convolution and head alone: 0.779; models/README.md).
 
 How: the model is cut at the input of block 15 (7 x 7 x 192, the last part of
 the backbone that is not trained), and `bench run --export` writes that tensor
@@ -39,7 +40,7 @@ Recipe (all made by the benchmark tools, all from the training split):
 Only gallery marks whose split is `train` are used and only photos of train
 brands, so no calibration or test brand is ever seen. The learning rates and
 epochs were chosen on the calibration split (`--eval`, a calibration export,
-only prints recall). Needs numpy, onnx==1.23.2 and jax[cpu]==0.10.2.
+only prints recall). Needs numpy, onnx==1.23.2 and jax==0.10.2 (its CPU wheels, from PyPI).
 """
 import argparse
 import csv
