@@ -54,12 +54,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from train_whitening import GEM_EPS, GEM_P, WINDOWS  # the pooling this script must reproduce
+
 HERE = Path(__file__).resolve().parent
 CUT_AT = "block14.add"  # block 15's input
 SIDE, CHANNELS = 7, 192
 FLAT = SIDE * SIDE * CHANNELS
-# The regional GeM windows of train_whitening.py (rows, columns, end exclusive).
-WINDOWS = [(0, 7, 0, 7), (0, 4, 0, 4), (0, 4, 3, 7), (3, 7, 0, 4), (3, 7, 3, 7)]
 # Trainable groups: ONNX initializer names -> parameter names.
 GROUPS = {
     "block15": ["expand_w", "expand_b", "dw_w", "dw_b", "project_w", "project_b"],
@@ -141,10 +141,10 @@ def embed(p: dict, x):
     d = sum(hp[:, i:i + SIDE, j:j + SIDE, :] * p["dw_w"][i, j] for i in range(3) for j in range(3))
     d = jnp.clip(d + p["dw_b"], 0, 6)
     f = jnp.clip((d @ p["project_w"] + p["project_b"]) @ p["head_w"] + p["head_b"], 0, 6)
-    f = jnp.maximum(f, 1e-6) ** 3
+    f = jnp.maximum(f, GEM_EPS) ** GEM_P
     parts = []
     for r0, r1, c0, c1 in WINDOWS:
-        g = jnp.mean(f[:, r0:r1, c0:c1, :], axis=(1, 2)) ** (1 / 3)
+        g = jnp.mean(f[:, r0:r1, c0:c1, :], axis=(1, 2)) ** (1 / GEM_P)
         parts.append(g / jnp.linalg.norm(g, axis=1, keepdims=True))
     z = jnp.concatenate(parts, axis=1)
     z = (z / jnp.linalg.norm(z, axis=1, keepdims=True) - p["proj_mean"]) @ p["proj_p"]

@@ -130,6 +130,7 @@ def refine(mean, proj, gallery, brands, photos, pairs, args):
 # of where the mark's strokes are.
 WINDOWS = [(0, 7, 0, 7), (0, 4, 0, 4), (0, 4, 3, 7), (3, 7, 0, 4), (3, 7, 3, 7)]
 GEM_P = 3.0
+GEM_EPS = 1e-6  # activations are clamped to this before the power: ReLU6 gives zeros
 
 
 def regional_gem(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -147,7 +148,7 @@ def regional_gem(model: onnx.ModelProto) -> onnx.ModelProto:
     fmap, feat = last.input[0], last.output[0]
     g.node.remove(last)
     g.initializer.extend([
-        numpy_helper.from_array(np.array([1e-6], np.float32), "gem_eps"),
+        numpy_helper.from_array(np.array([GEM_EPS], np.float32), "gem_eps"),
         numpy_helper.from_array(np.array([GEM_P], np.float32), "gem_p"),
         numpy_helper.from_array(np.array([1 / GEM_P], np.float32), "gem_root"),
         numpy_helper.from_array(np.array([2, 3], np.int64), "gem_axes"),
