@@ -174,17 +174,20 @@ mod tests {
     #[test]
     fn hnsw_agrees_with_exact_search() {
         let dim = 64;
-        let data = clustered(2000, dim, 7);
-        let (exact, hnsw) = exact_and_hnsw(dim, &labelled(&data, 1));
-        let queries = clustered(50, dim, 99);
+        // Queries come from the gallery's own clusters but are not in it, as photos
+        // of recorded marks are; queries from unrelated clusters sit nearly equidistant
+        // from everything and make the agreement a coin toss.
+        let all = clustered(2050, dim, 7);
+        let (data, queries) = all.split_at(2000);
+        let (exact, hnsw) = exact_and_hnsw(dim, &labelled(data, 1));
         let mut found = 0;
-        for q in &queries {
+        for q in queries {
             let truth = labels(&exact.search(q, 10, None));
             let approx = hnsw.search(q, 10, None);
             found += approx.iter().filter(|h| truth.contains(&h.label)).count();
         }
         let recall = found as f64 / (queries.len() * 10) as f64;
-        assert!(recall > 0.95, "recall@10 {recall}");
+        assert!(recall >= 0.99, "recall@10 {recall}");
     }
 
     #[test]
