@@ -175,8 +175,9 @@ mod tests {
     fn hnsw_agrees_with_exact_search() {
         let dim = 64;
         // Queries come from the gallery's own clusters but are not in it, as photos
-        // of recorded marks are; queries from unrelated clusters sit nearly equidistant
-        // from everything and make the agreement a coin toss.
+        // of recorded marks are. Queries from unrelated clusters sit nearly equidistant
+        // from everything, and the agreement then varies with the graph's random build
+        // (recall@10 0.946 to 0.986 over 200 builds).
         let all = clustered(2050, dim, 7);
         let (data, queries) = all.split_at(2000);
         let (exact, hnsw) = exact_and_hnsw(dim, &labelled(data, 1));
