@@ -56,7 +56,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from train_whitening import GEM_EPS, GEM_P, WINDOWS  # the pooling this script must reproduce
+from train_whitening import GEM_EPS, GEM_P, WINDOWS, read_exports  # the pooling this script must reproduce
 
 HERE = Path(__file__).resolve().parent
 CUT_AT = "block14.add"  # block 15's input
@@ -215,25 +215,14 @@ def main() -> None:
     if not args.vectors or not args.gallery:
         ap.error("--vectors and --gallery are required (unless --cut)")
 
-    rows = list(csv.DictReader(open(args.gallery, newline="")))
-    split = {r["mark_id"]: r["split"] for r in rows}
-    brand = {r["mark_id"]: r["brand"] for r in rows}
-    first = args.vectors[0]
-    ids = (first / "gallery.ids").read_text().split("\n")[:-1]
-    gx = read_cut(first / "gallery.f32")
+    split, brand, ids, gx, qx, meta = read_exports(args.gallery, args.vectors, read_cut)
     train_rows = np.array([i for i, m in enumerate(ids) if split.get(m) == "train"])
     tg = gx[train_rows]
     views_of: dict[str, list[int]] = {}
     for k, i in enumerate(train_rows):
         views_of.setdefault(ids[i], []).append(k)
-    qx, meta = [], []
-    for d in args.vectors:
-        if (d / "gallery.ids").read_text().split("\n")[:-1] != ids:
-            raise SystemExit(f"{d} was exported from another gallery than {first}")
-        qx.append(read_cut(d / "queries.f32"))
-        meta += list(csv.DictReader(open(d / "queries.tsv"), delimiter="\t"))
     keep = [n for n, m in enumerate(meta) if m["expected_mark_id"] in views_of]  # train photos only
-    qx = np.concatenate(qx)[keep]
+    qx = qx[keep]
     marks = [meta[n]["expected_mark_id"] for n in keep]
     codes = {b: k for k, b in enumerate(sorted({brand[ids[i]] for i in train_rows}))}
     view_brand = np.array([codes[brand[ids[i]]] for i in train_rows])

@@ -57,6 +57,27 @@ def read_f32(path: Path, dim: int) -> np.ndarray:
     return np.fromfile(path, dtype="<f4").reshape(-1, dim).astype(np.float64)
 
 
+def read_exports(gallery: Path, dirs: list[Path], read) -> tuple:
+    """What both training scripts start from: the split and brand of every
+    mark of the gallery manifest, and the `bench run --export` folders `dirs`
+    (the gallery's ids and vectors from the first, the photos' vectors and
+    metadata from all), each .f32 file read by `read`. A folder exported from
+    another gallery than the first is refused: its photos would be paired
+    with the wrong rows."""
+    with open(gallery, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    split = {r["mark_id"]: r["split"] for r in rows}
+    brand = {r["mark_id"]: r["brand"] for r in rows}
+    ids = (dirs[0] / "gallery.ids").read_text().split("\n")[:-1]
+    meta, photos = [], []
+    for d in dirs:
+        if (d / "gallery.ids").read_text().split("\n")[:-1] != ids:
+            raise SystemExit(f"{d} was exported from another gallery than {dirs[0]}")
+        meta += list(csv.DictReader(open(d / "queries.tsv"), delimiter="\t"))
+        photos.append(read(d / "queries.f32"))
+    return split, brand, ids, read(dirs[0] / "gallery.f32"), np.concatenate(photos), meta
+
+
 def unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
@@ -231,25 +252,13 @@ def main() -> None:
         ap.error("--vectors and --gallery are required (unless --pooled-base)")
     args.in_dim = pooled.graph.output[0].type.tensor_type.shape.dim[1].dim_value
 
-    with open(args.gallery, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    split = {r["mark_id"]: r["split"] for r in rows}
-    brand = {r["mark_id"]: r["brand"] for r in rows}
-    first = args.vectors[0]
-    ids = (first / "gallery.ids").read_text().split("\n")[:-1]
-    gal = read_f32(first / "gallery.f32", args.in_dim)
+    split, brand, ids, gal, qvec, qmeta = read_exports(args.gallery, args.vectors,
+                                                       lambda path: read_f32(path, args.in_dim))
     train_rows = [i for i, m in enumerate(ids) if split.get(m) == "train"]
     by_mark: dict[str, list[int]] = {}
     for i in train_rows:
         by_mark.setdefault(ids[i], []).append(i)
 
-    qmeta, qvec = [], []
-    for d in args.vectors:
-        if (d / "gallery.ids").read_text().split("\n")[:-1] != ids:
-            raise SystemExit(f"{d} was exported from another gallery than {first}")
-        qmeta += list(csv.DictReader(open(d / "queries.tsv"), delimiter="\t"))
-        qvec.append(read_f32(d / "queries.f32", args.in_dim))
-    qvec = np.concatenate(qvec)
     row_of = {i: k for k, i in enumerate(train_rows)}
     pairs = []  # (photo, its mark's closest train gallery row, brand)
     for n, (q, v) in enumerate(zip(qmeta, qvec)):
