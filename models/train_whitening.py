@@ -73,7 +73,8 @@ def read_exports(gallery: Path, dirs: list[Path], read) -> tuple:
     for d in dirs:
         if (d / "gallery.ids").read_text().split("\n")[:-1] != ids:
             raise SystemExit(f"{d} was exported from another gallery than {dirs[0]}")
-        meta += list(csv.DictReader(open(d / "queries.tsv"), delimiter="\t"))
+        with open(d / "queries.tsv", newline="") as fh:
+            meta += list(csv.DictReader(fh, delimiter="\t"))
         photos.append(read(d / "queries.f32"))
     return split, brand, ids, read(dirs[0] / "gallery.f32"), np.concatenate(photos), meta
 
