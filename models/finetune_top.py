@@ -8,9 +8,9 @@ values the ImageNet backbone gives; the backbone's last block (block 15) and
 its last 1x1 convolution (320 -> 1280 channels, just before the pooling) decide
 what those values are. Training them with the head lets the features themselves
 follow what tells a photographed mark from its lookalikes (calibration split,
-16,676 marks, the photo's first view, exact, float: recall@1 0.761 -> 0.827 on
-25,200 training photos, 0.817 on 16,400, 0.790 on 6,400; the last convolution
-and head alone: 0.779; models/README.md).
+16,676 marks, the photo's first view, exact, float: recall@1 0.761 -> 0.830 on
+30,200 training photos, 0.827 on 25,200, 0.817 on 16,400, 0.790 on 6,400; the
+last convolution and head alone: 0.779; models/README.md).
 
 How: the model is cut at the input of block 15 (7 x 7 x 192, the last part of
 the backbone that is not trained), and `bench run --export` writes that tensor
@@ -30,7 +30,7 @@ Recipe (all made by the benchmark tools, all from the training split):
 1. the model to fine-tune (train_whitening.py's output, `--base`), and the
    model cut before block 15:
      python3 models/finetune_top.py --base HEAD.onnx --cut CUT.onnx
-2. for each training photo set Q (train_whitening.py's two sets and three more,
+2. for each training photo set Q (train_whitening.py's two sets and four more,
    models/README.md "The fine-tuned top"):
      marklens --model CUT.onnx --index exact --data-dir DB bench run \\
          --gallery DATA/gallery-real.csv --queries DATA/Q/queries.csv \\
