@@ -170,7 +170,8 @@ def recall(p: dict, gx: np.ndarray, ids: list, brand: dict, export: Path) -> str
     """Exact recall@1 / @10 per group of a calibration export, the photo's first
     view, a mark scored by its best view, any mark of the photo's brand right."""
     qx = read_cut(export / "queries.f32")
-    meta = list(csv.DictReader(open(export / "queries.tsv"), delimiter="\t"))
+    with open(export / "queries.tsv", newline="") as fh:
+        meta = list(csv.DictReader(fh, delimiter="\t"))
     marks = sorted(set(ids))
     index = {m: k for k, m in enumerate(marks)}
     row_mark = np.array([index[m] for m in ids])
