@@ -26,9 +26,14 @@ lowers the loss and wrecks retrieval; measured, recall@1 fell to 0.62.)
 The photo's own brand is never a negative. Adam with steps relative to each
 weight tensor's mean magnitude, float32, seeded batch order.
 
+`--first-block 12` to `14` cuts earlier and runs those blocks too. Their
+inputs are 7 x 7 x 192 as well, so the exports are the same size, but each cut
+needs exports of its own. From any cut the JAX tail matches the ONNX graph to
+2e-7; from block 15 it computes the same bytes as before the option existed.
+
 Recipe (all made by the benchmark tools, all from the training split):
 1. the model to fine-tune (train_whitening.py's output, `--base`), and the
-   model cut before block 15:
+   model cut before block 15 (or `--first-block N`'s block, given again in step 3):
      python3 models/finetune_top.py --base HEAD.onnx --cut CUT.onnx
 2. for each training photo set Q (train_whitening.py's two sets and four more,
    models/README.md "The fine-tuned top"):
@@ -61,28 +66,35 @@ from onnx import TensorProto, helper, numpy_helper
 from train_whitening import GEM_EPS, GEM_P, WINDOWS, read_exports  # the pooling this script must reproduce
 
 HERE = Path(__file__).resolve().parent
-CUT_AT = "block14.add"  # block 15's input
-SIDE, CHANNELS = 7, 192
+LAST_BLOCK = 15  # the backbone's last block; its first trained block is `--first-block`
+SIDE, CHANNELS = 7, 192  # the input of blocks 12 to 15 alike, so exports of either cut read the same
 FLAT = SIDE * SIDE * CHANNELS
-# Trainable groups: ONNX initializer names -> parameter names.
+BLOCK = ["expand_w", "expand_b", "dw_w", "dw_b", "project_w", "project_b"]
+# Trainable groups -> parameter names (a block's are prefixed with its name).
 GROUPS = {
-    "block15": ["expand_w", "expand_b", "dw_w", "dw_b", "project_w", "project_b"],
+    **{f"block{b}": [f"block{b}.{k}" for k in BLOCK] for b in range(12, LAST_BLOCK + 1)},
     "conv": ["head_w", "head_b"],
     "proj": ["proj_p"],
 }
 
 
-def cut(base: onnx.ModelProto) -> onnx.ModelProto:
-    """The backbone up to block 15's input, flattened, with a trailing 1.
+def cut_at(base: onnx.ModelProto, first: int) -> str:
+    """The ONNX tensor block `first` reads (its expansion's input)."""
+    return next(n.input[0] for n in base.graph.node if n.output[0] == f"block{first}.expand.conv")
+
+
+def cut(base: onnx.ModelProto, first: int) -> onnx.ModelProto:
+    """The backbone up to block `first`'s input, flattened, with a trailing 1.
 
     marklens L2-normalises every model output; the trailing constant is how
     this script recovers the tensor's scale (row / its last value), which the
     block's biases and clips depend on."""
     g = base.graph
+    at = cut_at(base, first)
     nodes = []
     for n in g.node:
         nodes.append(n)
-        if n.output[0] == CUT_AT:
+        if n.output[0] == at:
             break
     used = {i for n in nodes for i in n.input}
     inits = [i for i in g.initializer if i.name in used] + [
@@ -93,7 +105,7 @@ def cut(base: onnx.ModelProto) -> onnx.ModelProto:
         numpy_helper.from_array(np.ones((1, 1), np.float32), "cut_one"),
     ]
     nodes += [
-        helper.make_node("Reshape", [CUT_AT, "cut_shape"], ["cut_flat"]),
+        helper.make_node("Reshape", [at, "cut_shape"], ["cut_flat"]),
         # a column of ones as long as the batch
         helper.make_node("Slice", ["cut_flat", "cut_start", "cut_end", "cut_end"], ["cut_first"]),
         helper.make_node("Mul", ["cut_first", "cut_zero"], ["cut_zeros"]),
@@ -101,19 +113,26 @@ def cut(base: onnx.ModelProto) -> onnx.ModelProto:
         helper.make_node("Concat", ["cut_flat", "cut_ones"], ["features"], axis=1),
     ]
     out = helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", FLAT + 1])
-    graph = helper.make_graph(nodes, "lite0_block15_input", list(g.input), [out], inits)
+    graph = helper.make_graph(nodes, f"lite0_block{first}_input", list(g.input), [out], inits)
     model = helper.make_model(graph, opset_imports=base.opset_import)
     model.ir_version = base.ir_version
     onnx.checker.check_model(model)
     return model
 
 
-def read_params(base: onnx.ModelProto) -> dict:
+def read_params(base: onnx.ModelProto, first: int) -> dict:
+    """Blocks `first` to the last, the last convolution and the projection,
+    laid out for `embed` (NHWC, weights as right-hand matrices)."""
     w = {i.name: numpy_helper.to_array(i) for i in base.graph.initializer}
-    p = {
-        "expand_w": w["block15.expand.weight"][:, :, 0, 0].T, "expand_b": w["block15.expand.bias"],
-        "dw_w": w["block15.depthwise.weight"][:, 0].transpose(1, 2, 0), "dw_b": w["block15.depthwise.bias"],
-        "project_w": w["block15.project.weight"][:, :, 0, 0].T, "project_b": w["block15.project.bias"],
+    p = {}
+    for b in range(first, LAST_BLOCK + 1):
+        n = f"block{b}"
+        p |= {
+            f"{n}.expand_w": w[f"{n}.expand.weight"][:, :, 0, 0].T, f"{n}.expand_b": w[f"{n}.expand.bias"],
+            f"{n}.dw_w": w[f"{n}.depthwise.weight"][:, 0].transpose(1, 2, 0), f"{n}.dw_b": w[f"{n}.depthwise.bias"],
+            f"{n}.project_w": w[f"{n}.project.weight"][:, :, 0, 0].T, f"{n}.project_b": w[f"{n}.project.bias"],
+        }
+    p |= {
         "head_w": w["head.weight"][:, :, 0, 0].T, "head_b": w["head.bias"],
         "proj_mean": w["head_mean"][0], "proj_p": w["head_projection"],
     }
@@ -124,12 +143,16 @@ def write_params(base: onnx.ModelProto, p: dict, out: Path) -> None:
     """Writes `base` with its initializers replaced by the trained values."""
     a = {k: np.asarray(v, np.float32) for k, v in p.items()}
     new = {
-        "block15.expand.weight": a["expand_w"].T[:, :, None, None], "block15.expand.bias": a["expand_b"],
-        "block15.depthwise.weight": a["dw_w"].transpose(2, 0, 1)[:, None], "block15.depthwise.bias": a["dw_b"],
-        "block15.project.weight": a["project_w"].T[:, :, None, None], "block15.project.bias": a["project_b"],
         "head.weight": a["head_w"].T[:, :, None, None], "head.bias": a["head_b"],
         "head_mean": a["proj_mean"][None, :], "head_projection": a["proj_p"],
     }
+    for n in sorted({k.split(".")[0] for k in a if k.startswith("block")}):
+        new |= {
+            f"{n}.expand.weight": a[f"{n}.expand_w"].T[:, :, None, None], f"{n}.expand.bias": a[f"{n}.expand_b"],
+            f"{n}.depthwise.weight": a[f"{n}.dw_w"].transpose(2, 0, 1)[:, None],
+            f"{n}.depthwise.bias": a[f"{n}.dw_b"],
+            f"{n}.project.weight": a[f"{n}.project_w"].T[:, :, None, None], f"{n}.project.bias": a[f"{n}.project_b"],
+        }
     for init in base.graph.initializer:
         if init.name in new:
             init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(new[init.name]), init.name))
@@ -137,14 +160,25 @@ def write_params(base: onnx.ModelProto, p: dict, out: Path) -> None:
     out.write_bytes(base.SerializeToString())
 
 
+def block(p: dict, n: str, x):
+    """One inverted-residual block, NHWC: 1x1 expansion, k x k depthwise (same
+    padding), 1x1 projection, and the residual sum when the shapes allow it
+    (blocks 12 to 14; block 15 widens 192 -> 320)."""
+    h = jnp.clip(x @ p[f"{n}.expand_w"] + p[f"{n}.expand_b"], 0, 6)
+    k = p[f"{n}.dw_w"].shape[0]
+    hp = jnp.pad(h, ((0, 0), (k // 2, k // 2), (k // 2, k // 2), (0, 0)))
+    d = sum(hp[:, i:i + SIDE, j:j + SIDE, :] * p[f"{n}.dw_w"][i, j] for i in range(k) for j in range(k))
+    d = jnp.clip(d + p[f"{n}.dw_b"], 0, 6)
+    y = d @ p[f"{n}.project_w"] + p[f"{n}.project_b"]
+    return x + y if y.shape == x.shape else y
+
+
 def embed(p: dict, x):
-    """Block 15, the last convolution, regional GeM and the projection: the
-    ONNX graph's tail, NHWC. Returns unit vectors."""
-    h = jnp.clip(x @ p["expand_w"] + p["expand_b"], 0, 6)
-    hp = jnp.pad(h, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    d = sum(hp[:, i:i + SIDE, j:j + SIDE, :] * p["dw_w"][i, j] for i in range(3) for j in range(3))
-    d = jnp.clip(d + p["dw_b"], 0, 6)
-    f = jnp.clip((d @ p["project_w"] + p["project_b"]) @ p["head_w"] + p["head_b"], 0, 6)
+    """The blocks in `p`, the last convolution, regional GeM and the
+    projection: the ONNX graph's tail, NHWC. Returns unit vectors."""
+    for n in sorted({k.split(".")[0] for k in p if k.startswith("block")}):
+        x = block(p, n, x)
+    f = jnp.clip(x @ p["head_w"] + p["head_b"], 0, 6)
     f = jnp.maximum(f, GEM_EPS) ** GEM_P
     parts = []
     for r0, r1, c0, c1 in WINDOWS:
@@ -194,13 +228,15 @@ def recall(p: dict, gx: np.ndarray, ids: list, brand: dict, export: Path) -> str
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", type=Path, required=True, help="the model to fine-tune (train_whitening.py's)")
+    ap.add_argument("--first-block", type=int, default=LAST_BLOCK, choices=range(12, LAST_BLOCK + 1),
+                    help="the first block run here: the cut is at its input, and the exports must be of that cut")
     ap.add_argument("--cut", type=Path, metavar="OUT",
-                    help="only write the base cut before block 15 to OUT, the model to export with, and stop")
+                    help="only write the base cut before --first-block to OUT, the model to export with, and stop")
     ap.add_argument("--vectors", type=Path, nargs="+", help="`bench run --export` folders of the cut model")
     ap.add_argument("--gallery", type=Path, help="gallery manifest with split and brand columns")
     ap.add_argument("--eval", type=Path, help="a calibration-split export: print its recall after each epoch")
     ap.add_argument("--out", type=Path, default=HERE / "lite0_lw256.onnx")
-    ap.add_argument("--train", default="block15,conv,proj", help=f"parts to train, of {','.join(GROUPS)}")
+    ap.add_argument("--train", help=f"parts to train, of {','.join(GROUPS)} (default: every block run here, conv, proj)")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--cands", type=int, default=3072, help="candidate views per step (positives first)")
@@ -212,11 +248,15 @@ def main() -> None:
     args = ap.parse_args()
     base = onnx.load(str(args.base))
     if args.cut:
-        onnx.save(cut(base), str(args.cut))
-        print(f"wrote {args.cut}: {args.base.name} cut at {CUT_AT}")
+        onnx.save(cut(base, args.first_block), str(args.cut))
+        print(f"wrote {args.cut}: {args.base.name} cut at {cut_at(base, args.first_block)}")
         return
     if not args.vectors or not args.gallery:
         ap.error("--vectors and --gallery are required (unless --cut)")
+    run = [f"block{b}" for b in range(args.first_block, LAST_BLOCK + 1)] + ["conv", "proj"]
+    groups = args.train.split(",") if args.train else run
+    if unknown := [g for g in groups if g not in run]:
+        ap.error(f"--train: {', '.join(unknown)} not among the parts run from block {args.first_block}: {','.join(run)}")
 
     split, brand, ids, gx, qx, meta = read_exports(args.gallery, args.vectors, read_cut)
     train_rows = np.array([i for i, m in enumerate(ids) if split.get(m) == "train"])
@@ -232,10 +272,11 @@ def main() -> None:
     photo_brand = np.array([codes[brand[m]] for m in marks])
     print(f"{len(qx)} train photos, {len(tg)} train gallery views ({len(views_of)} marks)", flush=True)
 
-    params = read_params(base)
+    params = read_params(base, args.first_block)
     if args.eval:
         print(f"[base] {recall(params, gx, ids, brand, args.eval)}", flush=True)
-    trained = [k for g in args.train.split(",") for k in GROUPS[g]]
+    trained = [k for g in groups for k in GROUPS[g]]
+    print(f"training {', '.join(groups)}", flush=True)
     step = {k: (args.lr_proj if k == "proj_p" else args.lr_conv) * float(jnp.abs(params[k]).mean()) for k in trained}
 
     def loss(tp, fp, xq, xc, mask, pos):
