@@ -9,8 +9,9 @@ its last 1x1 convolution (320 -> 1280 channels, just before the pooling) decide
 what those values are. Training them with the head lets the features themselves
 follow what tells a photographed mark from its lookalikes (calibration split,
 16,676 marks, the photo's first view, exact, float: recall@1 0.761 -> 0.841 on
-30,200 training photos in three epochs, 0.830 in two, 0.827 on 25,200, 0.817 on 16,400, 0.790 on 6,400; the
-last convolution and head alone: 0.779; models/README.md).
+30,200 training photos in three epochs, 0.830 in two; 0.827 on 25,200, 0.817
+on 16,400, 0.790 on 6,400; the last convolution and head alone: 0.779;
+models/README.md).
 
 How: the model is cut at the input of block 15 (7 x 7 x 192, the last part of
 the backbone that is not trained), and `bench run --export` writes that tensor
