@@ -32,7 +32,7 @@ inputs are 7 x 7 x 192 as well, so the exports are the same size, but each cut
 needs exports of its own. From any cut the JAX tail matches the ONNX graph to
 2e-7; from block 15 it computes the same bytes as before the option existed.
 From block 14 a step at the default sizes needs about 35 GB (its 5 x 5
-depthwise's backward pass): use fewer `--cands` on a smaller machine.
+depthwise's backward pass); `--cands 1024` fits in 14.5 GB.
 
 Recipe (all made by the benchmark tools, all from the training split):
 1. the model to fine-tune (train_whitening.py's output, `--base`), and the
