@@ -70,15 +70,21 @@ from train_whitening import GEM_EPS, GEM_P, WINDOWS, read_exports  # the pooling
 
 HERE = Path(__file__).resolve().parent
 LAST_BLOCK = 15  # the backbone's last block; its first trained block is `--first-block`
+FIRST_BLOCKS = range(12, LAST_BLOCK + 1)  # the blocks that read a 7 x 7 x 192 tensor
 SIDE, CHANNELS = 7, 192  # the input of blocks 12 to 15 alike, so exports of either cut read the same
 FLAT = SIDE * SIDE * CHANNELS
 BLOCK = ["expand_w", "expand_b", "dw_w", "dw_b", "project_w", "project_b"]
 # Trainable groups -> parameter names (a block's are prefixed with its name).
 GROUPS = {
-    **{f"block{b}": [f"block{b}.{k}" for k in BLOCK] for b in range(12, LAST_BLOCK + 1)},
+    **{f"block{b}": [f"block{b}.{k}" for k in BLOCK] for b in FIRST_BLOCKS},
     "conv": ["head_w", "head_b"],
     "proj": ["proj_p"],
 }
+
+
+def blocks(p: dict) -> list[str]:
+    """The blocks whose parameters `p` holds, in the order the graph runs them."""
+    return sorted({k.split(".")[0] for k in p if k.startswith("block")})
 
 
 def cut_at(base: onnx.ModelProto, first: int) -> str:
@@ -149,7 +155,7 @@ def write_params(base: onnx.ModelProto, p: dict, out: Path) -> None:
         "head.weight": a["head_w"].T[:, :, None, None], "head.bias": a["head_b"],
         "head_mean": a["proj_mean"][None, :], "head_projection": a["proj_p"],
     }
-    for n in sorted({k.split(".")[0] for k in a if k.startswith("block")}):
+    for n in blocks(a):
         new |= {
             f"{n}.expand.weight": a[f"{n}.expand_w"].T[:, :, None, None], f"{n}.expand.bias": a[f"{n}.expand_b"],
             f"{n}.depthwise.weight": a[f"{n}.dw_w"].transpose(2, 0, 1)[:, None],
@@ -179,7 +185,7 @@ def block(p: dict, n: str, x):
 def embed(p: dict, x):
     """The blocks in `p`, the last convolution, regional GeM and the
     projection: the ONNX graph's tail, NHWC. Returns unit vectors."""
-    for n in sorted({k.split(".")[0] for k in p if k.startswith("block")}):
+    for n in blocks(p):
         x = block(p, n, x)
     f = jnp.clip(x @ p["head_w"] + p["head_b"], 0, 6)
     f = jnp.maximum(f, GEM_EPS) ** GEM_P
@@ -231,7 +237,7 @@ def recall(p: dict, gx: np.ndarray, ids: list, brand: dict, export: Path) -> str
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", type=Path, required=True, help="the model to fine-tune (train_whitening.py's)")
-    ap.add_argument("--first-block", type=int, default=LAST_BLOCK, choices=range(12, LAST_BLOCK + 1),
+    ap.add_argument("--first-block", type=int, default=LAST_BLOCK, choices=FIRST_BLOCKS,
                     help="the first block run here: the cut is at its input, and the exports must be of that cut")
     ap.add_argument("--cut", type=Path, metavar="OUT",
                     help="only write the base cut before --first-block to OUT, the model to export with, and stop")
