@@ -10,8 +10,8 @@ what those values are. Training them with the head lets the features themselves
 follow what tells a photographed mark from its lookalikes (calibration split,
 16,676 marks, the photo's first view, exact, float: recall@1 0.761 -> 0.841 on
 30,200 training photos in three epochs, 0.830 in two; 0.827 on 25,200, 0.817
-on 16,400, 0.790 on 6,400; the last convolution and head alone: 0.779;
-models/README.md).
+on 16,400, 0.790 on 6,400; the last convolution and head alone: 0.779; then
+two more epochs from block 14: 0.852; models/README.md).
 
 How: the model is cut at the input of block 15 (7 x 7 x 192, the last part of
 the backbone that is not trained), and `bench run --export` writes that tensor
@@ -32,7 +32,7 @@ inputs are 7 x 7 x 192 as well, so the exports are the same size, but each cut
 needs exports of its own. From any cut the JAX tail matches the ONNX graph to
 2e-7; from block 15 it computes the same bytes as before the option existed.
 From block 14 a step at the default sizes needs about 35 GB (its 5 x 5
-depthwise's backward pass); `--cands 1024` fits in 14.5 GB.
+depthwise's backward pass); `--cands 1024` fits in 14.5 GB (12.2 s a step).
 
 Recipe (all made by the benchmark tools, all from the training split):
 1. the model to fine-tune (train_whitening.py's output, `--base`), and the
@@ -46,8 +46,9 @@ Recipe (all made by the benchmark tools, all from the training split):
 3. python3 models/finetune_top.py --base HEAD.onnx \\
        --vectors OUT/Q*/vectors --gallery DATA/gallery-real.csv
    (writes models/lite0_lw256.onnx; the committed model is a second run of
-   one more epoch from that one, `--base` it, `--epochs 1 --seed 2`; then
-   quantize_int8.py)
+   one more epoch from that one, `--base` it, `--epochs 1 --seed 2`, then a
+   third run from that, `--base` it, `--first-block 14 --cands 1024` on the
+   block-14 cut's exports of the same sets; then quantize_int8.py)
 
 Only gallery marks whose split is `train` are used and only photos of train
 brands, so no calibration or test brand is ever seen. The learning rates and
