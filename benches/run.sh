@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole marklens benchmark in one run, on one machine: build the dataset,
 # run `marklens bench run` on the real marks and on real marks + distractors,
-# and the Python peers on the same vectors.  The dataset steps are skipped when
+# and the Python peers on the same vectors; then marklens again with twin brand
+# keys joined.  The dataset steps are skipped when
 # their output exists (with the same parameters), and enrolment resumes where it
 # stopped, so an interrupted run continues when started again; the measurements
 # always run.  Figures and their meaning: docs/benchmarks.md.
@@ -63,6 +64,10 @@ for split in "$SPLIT" calibration; do
 done
 QUERIES="$DATA/queries-$SPLIT"
 
+# 2b. The same manifests with twin brand keys joined (two keys, one mark:
+#     benches/dataset/twins.py), for the figures by mark group.
+py benches/dataset/build.py twins --data "$DATA" --queries "$QUERIES" "$DATA/queries-calibration"
+
 # 3. marklens and the peers: real marks only, then with the distractors (that
 #    data directory starts as a copy of the first, so only distractors are new).
 run() {
@@ -81,4 +86,21 @@ if [ ! -d "$DATA/db-full" ]; then
     mv "$DATA/db-full.partial" "$DATA/db-full"
 fi
 run full "$DATA/gallery-full.csv"
-echo "reports: $OUT/real/{report,peers}.md and $OUT/full/{report,peers}.md"
+# By twin group, on a copy of the full store without the distractors that show a
+# mark (the twins manifest leaves them out; the served search must not find them).
+if [ ! -d "$DATA/db-full-twins" ]; then
+    rm -rf "$DATA/db-full-twins.partial"
+    cp -r "$DATA/db-full" "$DATA/db-full-twins.partial"
+    copies=$(py -c 'import csv, sys
+ids = [{r["mark_id"] for r in csv.DictReader(open(f))} for f in sys.argv[1:]]
+print("\n".join(sorted(ids[0] - ids[1])))' "$DATA/gallery-full.csv" "$DATA/gallery-full-twins.csv")
+    if [ -n "$copies" ]; then
+        # shellcheck disable=SC2086  # one id per word
+        marklens --data-dir "$DATA/db-full-twins.partial" marks remove $copies
+    fi
+    mv "$DATA/db-full-twins.partial" "$DATA/db-full-twins"
+fi
+marklens --data-dir "$DATA/db-full-twins" bench run --gallery "$DATA/gallery-full-twins.csv" \
+    --queries "$QUERIES/queries-twins.csv" \
+    --calibration "$DATA/queries-calibration/queries-twins.csv" --out "$OUT/full-twins"
+echo "reports: $OUT/real/{report,peers}.md, $OUT/full/{report,peers}.md, $OUT/full-twins/report.md"

@@ -12,6 +12,13 @@ distractors) and seeded handheld-photo queries with brand-disjoint splits.
   build.py queries --data DIR --split test --out QDIR [--per-level N] ...
       QDIR/<level or variant>/<n>.jpg and QDIR/queries.csv
 
+  build.py twins --data DIR --queries QDIR [QDIR ...]
+      DIR/gallery-{real,full}-twins.csv and QDIR/queries-twins.csv: the same
+      rows with brand keys joined where two keys show the same mark, and without
+      distractors that show a real or held-out mark (twins.py);
+      QDIR/queries-twins-unseen.csv: without photos whose mark has a twin in the
+      train split (training saw it under the other key)
+
 Sources (pinned, fetched with `npm pack`, integrity-checked): simple-icons in
 brand colours, and brand sets of @iconify/json (logos, devicon, cib, fa7-brands,
 bxl, streamline-logos, token-branded, cryptocurrency-color, selfhst); symbol
@@ -51,6 +58,7 @@ from pathlib import Path
 
 import imagehash
 import numpy as np
+from PIL import Image
 
 from markdata import (
     FREE_LICENCES,
@@ -66,6 +74,7 @@ from markdata import (
     save_png,
     seed_of,
 )
+from twins import Signature, groups, signature, twin_pairs
 from variants import VARIANTS, query_photo
 
 MASTER = "marklens-bench-v1"
@@ -369,6 +378,61 @@ def cmd_queries(args: argparse.Namespace) -> None:
     print(f"queries: {len(qrows)} ({args.split} split) -> {out}/queries.csv sha256 {digest}")
 
 
+def signature_job(path: Path) -> Signature | None:
+    return signature(Image.open(path))
+
+
+def cmd_twins(args: argparse.Namespace) -> None:
+    """Writes the manifests again with twin brand keys joined: relevance by
+    group; distractors that are a real or held-out mark's twin left out of the
+    gallery (a second, unlabelled copy of a brand, as the name rule means to
+    drop); open-set photos whose mark has a twin in the gallery left out (their
+    brand is, in effect, recorded)."""
+    data: Path = args.data
+    marks = read_rows(data / "gallery-real.csv") + read_rows(data / "heldout.csv")
+    full = read_rows(data / "gallery-full.csv")
+    distractors = [r for r in full if r["kind"] == "distractor"]
+    with Pool(args.jobs) as pool:
+        sigs = pool.map(signature_job, [data / r["file"] for r in marks + distractors],
+                        chunksize=64)
+    pairs = twin_pairs(sigs[:len(marks)])
+    copies = {distractors[j]["mark_id"] for _, j in twin_pairs(sigs[:len(marks)],
+                                                                sigs[len(marks):])}
+    group = groups([r["brand"] for r in marks], pairs)
+    joined = [(marks[i], marks[j]) for i, j in pairs if marks[i]["brand"] != marks[j]["brand"]]
+    cross = sum(a["split"] != b["split"] for a, b in joined)
+    sizes: dict[str, int] = {}
+    for g in group.values():
+        sizes[g] = sizes.get(g, 0) + 1
+    print(f"{len(marks)} real marks: {len(joined)} twin pairs across brand keys, "
+          f"{cross} of them across splits; {sum(n > 1 for n in sizes.values())} groups of "
+          f"several keys, largest {max(sizes.values())}; {len(copies)} of "
+          f"{len(distractors)} distractors are a mark's twin, left out")
+    for name, rows in (("gallery-real", read_rows(data / "gallery-real.csv")),
+                       ("gallery-full", [r for r in full if r["mark_id"] not in copies])):
+        for r in rows:
+            r["brand"] = group.get(r["brand"], r["brand"])
+        write_manifest(data / f"{name}-twins.csv", rows)
+    recorded = {group[r["brand"]] for r in read_rows(data / "gallery-real.csv")}
+    trained = {group[r["brand"]] for r in marks if r["split"] == "train"}
+    for qdir in args.queries:
+        rows = read_rows(qdir / "queries.csv")
+        kept = []
+        for r in rows:
+            r["brand"] = group.get(r["brand"], r["brand"])
+            if r["expected_mark_id"] or r["brand"] not in recorded:
+                kept.append(r)
+        unseen = [r for r in kept if r["split"] == "train" or r["brand"] not in trained]
+        for name, out in (("queries-twins.csv", kept), ("queries-twins-unseen.csv", unseen)):
+            with open(qdir / name, "w", newline="") as fh:
+                w = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
+                w.writeheader()
+                w.writerows(out)
+        print(f"{qdir}: {len(rows) - len(kept)} open-set photos left out (a twin is recorded), "
+              f"{len(kept)} photos -> queries-twins.csv; {len(kept) - len(unseen)} more whose "
+              f"twin is in the train split left out -> queries-twins-unseen.csv")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cache", type=Path, default=Path("target/dataset-cache"),
@@ -388,13 +452,16 @@ def main() -> None:
     q.add_argument("--per-level", type=int, default=500, help="photos per level")
     q.add_argument("--per-variant", type=int, default=100, help="photos per variant kind")
     q.add_argument("--open", type=int, default=300, help="photos of held-out (open-set) brands")
+    t = sub.add_parser("twins", help="join brand keys that show the same mark")
+    t.add_argument("--data", type=Path, required=True, help="a gallery folder")
+    t.add_argument("--queries", type=Path, nargs="+", default=[], help="query folders")
     f = sub.add_parser("refilter", help="apply the current distractor rule to a built gallery")
     f.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     if args.cmd == "refilter":
         refilter(args.out, args.cache)
         return
-    {"gallery": cmd_gallery, "queries": cmd_queries}[args.cmd](args)
+    {"gallery": cmd_gallery, "queries": cmd_queries, "twins": cmd_twins}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -7,10 +7,12 @@ import io
 import unittest
 
 import numpy as np
+from PIL import Image
 
 from build import OPEN_PERCENT, brand_key, is_open, split_of
-from markdata import Mark, render_rgba
+from markdata import Mark, gallery_image, render_rgba
 from photo import LEVELS, photograph
+from twins import WHOLE, groups, signature, twin_pairs
 from variants import VARIANTS, make_variant
 
 # Two ink parts (a ring and a bar) so that element removal has a part to take.
@@ -107,6 +109,43 @@ class SplitTest(unittest.TestCase):
         self.assertAlmostEqual(share["test"], 0.2, delta=0.04)
         held = sum(is_open(b) for b in brands) / len(brands)
         self.assertAlmostEqual(held, OPEN_PERCENT / 100, delta=0.03)
+
+
+def picture(body: str, viewbox: str = "0 0 100 100"):
+    """A gallery picture of an SVG body, on the white ground."""
+    m = Mark(mark_id="t", source_set="test", name="t", licence="CC0-1.0",
+             svg=f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="{viewbox}">{body}</svg>')
+    m.extra["dark"] = False
+    return gallery_image(m, render_rgba(m, size=256, keep=False))
+
+
+# Marks on the same round plate, whose rim holds most of the edges: a white dot,
+# and a white square of the dot's size.
+PLATE = '<circle cx="50" cy="50" r="48" fill="{}"/>'
+DOT = '<circle cx="50" cy="50" r="9" fill="#ffffff"/>'
+SQUARE = '<rect x="41" y="41" width="18" height="18" fill="#ffffff"/>'
+
+
+class TwinTest(unittest.TestCase):
+    def test_a_recoloured_copy_is_a_twin_and_another_symbol_on_the_plate_is_not(self):
+        sigs = [signature(picture(PLATE.format("#c8102e") + DOT)),  # the mark
+                signature(picture(PLATE.format("#1040c0") + DOT)),  # recoloured
+                signature(picture(PLATE.format("#c8102e") + SQUARE)),  # the centre differs
+                signature(picture(f'<g transform="scale(2 1)">{PLATE.format("#c8102e")}{DOT}</g>',
+                                  "0 0 200 100"))]  # stretched to twice the width
+        self.assertGreater(sigs[0].whole @ sigs[2].whole, WHOLE, "only the centre tells them apart")
+        # Across two lists every pair counts, a picture with itself too.
+        self.assertEqual(twin_pairs([sigs[1]], sigs), [(0, 0), (0, 1)])
+        self.assertEqual(twin_pairs(sigs), [(0, 1)])
+
+    def test_a_blank_picture_has_no_signature(self):
+        self.assertIsNone(signature(Image.new("RGB", (256, 256), "white")))
+
+    def test_groups_join_keys_transitively_under_the_smallest(self):
+        keys = ["visa", "ccvisa", "visa", "amex", "c", "clanguage"]
+        g = groups(keys, [(0, 1), (4, 5), (1, 2)])
+        self.assertEqual(g, {"visa": "ccvisa", "ccvisa": "ccvisa", "amex": "amex",
+                             "c": "c", "clanguage": "c"})
 
 
 if __name__ == "__main__":
