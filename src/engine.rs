@@ -28,12 +28,34 @@ use crate::imaging::{self, ImageError, Keypoints, Limits};
 use crate::index::{ExactIndex, HnswIndex, HnswParams, VectorIndex};
 use crate::store::{
     IndexDelta, ListQuery, MarkFields, MarkRecord, MarkStatus, NewMark, PutOutcome, Store,
-    StoreError, VectorOwner,
+    StoreError, VectorOwner, warm_cache,
 };
 use crate::verify;
 
 /// File name of the database inside a data directory.
 pub const DB_FILE: &str = "marks.db";
+/// How much of the store [`EngineConfig::warm_store`] reads: stores larger than this
+/// are warmed only in part rather than pushing everything else out of memory.
+pub const WARM_LIMIT: u64 = 8 << 30;
+
+/// Reads the store at `path` into the page cache on a thread of its own,
+/// logging how long it took; searches run meanwhile and only get faster.
+fn spawn_warming(path: PathBuf) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("store-warm".into())
+        .spawn(move || {
+            let started = Instant::now();
+            match warm_cache(&path, WARM_LIMIT) {
+                Ok(bytes) => tracing::info!(
+                    mib = bytes >> 20,
+                    ms = started.elapsed().as_millis() as u64,
+                    "store read into the page cache"
+                ),
+                Err(error) => tracing::warn!(path = %path.display(), %error, "store not warmed"),
+            }
+        })
+        .map(drop)
+}
 /// Folder of the index snapshot inside a data directory.
 pub const SNAPSHOT_DIR: &str = "index";
 const LOCK_FILE: &str = "lock";
@@ -92,6 +114,12 @@ pub struct EngineConfig {
     /// searchable until [`Engine::reembed_stale`] runs). Without it, such a store is
     /// refused.
     pub allow_stale_model: bool,
+    /// Read the store file into the operating system's cache on a background
+    /// thread as the engine opens ([`warm_cache`]), for long-running faces (the
+    /// service, screening): their first searches then verify from memory
+    /// instead of waiting on the disk for every candidate, and the open's own
+    /// reads of the store overlap with it.
+    pub warm_store: bool,
 }
 
 impl EngineConfig {
@@ -106,6 +134,7 @@ impl EngineConfig {
             index: IndexChoice::default(),
             hnsw: HnswParams::default(),
             allow_stale_model: false,
+            warm_store: false,
         }
     }
 }
@@ -415,6 +444,9 @@ impl Engine {
             TryLockError::WouldBlock => EngineError::Locked { path: dir.clone() },
             TryLockError::Error(source) => io_err(source),
         })?;
+        if config.warm_store {
+            spawn_warming(dir.join(DB_FILE)).map_err(io_err)?;
+        }
 
         let spec = match &config.model {
             Some(path) => ModelSpec::from_file(path)?,

@@ -210,6 +210,15 @@ impl Global {
         self.open_with(self.engine_config()?)
     }
 
+    /// Opens the engine for long work (serving, screening): the store is read
+    /// into the page cache meanwhile ([`EngineConfig::warm_store`]).
+    pub fn open_warm(&self) -> anyhow::Result<Engine> {
+        self.open_with(EngineConfig {
+            warm_store: true,
+            ..self.engine_config()?
+        })
+    }
+
     /// Opens the engine even if some marks were embedded by another model, so
     /// that they can be re-embedded ([`marks::reembed_stale`]).
     pub fn open_allowing_stale(&self) -> anyhow::Result<Engine> {

@@ -215,7 +215,7 @@ pub fn run_screen(global: &Global, args: ScreenArgs) -> anyhow::Result<ExitCode>
             reports
         }
         None => {
-            let engine = global.open()?;
+            let engine = global.open_warm()?;
             let reports = screen(
                 &photos,
                 global.max_image_bytes,

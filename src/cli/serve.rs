@@ -109,7 +109,7 @@ pub fn serve(engine: marklens::Engine, config: ServeConfig) -> anyhow::Result<Ex
 }
 
 pub fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let engine = global.open()?;
+    let engine = global.open_warm()?;
     if args.demo {
         super::demo::enroll_demo_gallery(&engine, &super::demo::fixtures_dir(), global)?;
     }

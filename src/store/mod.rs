@@ -164,6 +164,30 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// Reads the first `limit` bytes of the database file once, start to end, so
+/// that the operating system keeps them cached; returns the bytes read.
+///
+/// Why: every search verifies its candidates against their stored keypoints,
+/// one small read per candidate. From a cold disk (after a boot, or a restart
+/// on a busy host) each of those reads waits on the device, and the first
+/// searches take seconds instead of milliseconds: 20 photos screened against
+/// 116,930 marks took 44 s cold and 4 s warm, while reading the whole 2.3 GB
+/// file in order took 3.6 s. Reading in order is what disks do fastest.
+pub fn warm_cache(path: &Path, limit: u64) -> std::io::Result<u64> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?.take(limit);
+    let mut buf = vec![0u8; 4 << 20];
+    let mut total = 0u64;
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => total += n as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 impl Store {
     /// Opens (creating if needed) the database at `path` and migrates it.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
@@ -668,6 +692,16 @@ mod tests {
             views: vec![vec![v, 1.0 - v]],
             keypoints: vec![image.to_vec()],
         }
+    }
+
+    #[test]
+    fn warming_reads_the_file_up_to_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        std::fs::write(&path, vec![7u8; (9 << 20) + 5]).unwrap();
+        assert_eq!(warm_cache(&path, u64::MAX).unwrap(), (9 << 20) + 5);
+        assert_eq!(warm_cache(&path, 1 << 20).unwrap(), 1 << 20);
+        assert!(warm_cache(&dir.path().join("missing"), u64::MAX).is_err());
     }
 
     #[test]
