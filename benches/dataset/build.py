@@ -406,7 +406,7 @@ def cmd_twins(args: argparse.Namespace) -> None:
         sizes[g] = sizes.get(g, 0) + 1
     print(f"{len(marks)} real marks: {len(joined)} twin pairs across brand keys, "
           f"{cross} of them across splits; {sum(n > 1 for n in sizes.values())} groups of "
-          f"several keys, largest {max(sizes.values())}; {len(copies)} of "
+          f"several keys, largest {max(sizes.values(), default=0)}; {len(copies)} of "
           f"{len(distractors)} distractors are a mark's twin, left out")
     for name, rows in (("gallery-real", read_rows(data / "gallery-real.csv")),
                        ("gallery-full", [r for r in full if r["mark_id"] not in copies])):

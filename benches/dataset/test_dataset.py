@@ -136,6 +136,7 @@ class TwinTest(unittest.TestCase):
         self.assertGreater(sigs[0].whole @ sigs[2].whole, WHOLE, "only the centre tells them apart")
         # Across two lists every pair counts, a picture with itself too.
         self.assertEqual(twin_pairs([sigs[1]], sigs), [(0, 0), (0, 1)])
+        self.assertEqual(twin_pairs([None], sigs), [])
         self.assertEqual(twin_pairs(sigs), [(0, 1)])
 
     def test_a_blank_picture_has_no_signature(self):

@@ -83,8 +83,9 @@ class _Stack:
 
     def __init__(self, sigs: list[Signature | None]):
         self.idx = [i for i, s in enumerate(sigs) if s is not None and s.inner is not None]
-        self.whole = np.stack([sigs[i].whole for i in self.idx]).astype(np.float32)
-        self.inner = np.stack([sigs[i].inner for i in self.idx]).astype(np.float32)
+        dim = (GRID // 2) ** 2
+        self.whole = np.array([sigs[i].whole for i in self.idx], np.float32).reshape(-1, dim)
+        self.inner = np.array([sigs[i].inner for i in self.idx], np.float32).reshape(-1, dim)
         self.aspect = np.array([sigs[i].aspect for i in self.idx])
 
 
@@ -94,6 +95,8 @@ def twin_pairs(sigs: list[Signature | None],
     `others`, (i in `sigs`, j in `others`)."""
     a = _Stack(sigs)
     b = a if others is None else _Stack(others)
+    if not a.idx or not b.idx:
+        return []
     pairs = []
     for start in range(0, len(a.idx), 1000):
         sims = a.whole[start:start + 1000] @ b.whole.T
