@@ -37,25 +37,6 @@ pub const DB_FILE: &str = "marks.db";
 /// How much of the store [`EngineConfig::warm_store`] reads: stores larger than this
 /// are warmed only in part rather than pushing everything else out of memory.
 pub const WARM_LIMIT: u64 = 8 << 30;
-
-/// Reads the store at `path` into the page cache on a thread of its own,
-/// logging how long it took; searches run meanwhile and only get faster.
-fn spawn_warming(path: PathBuf) -> std::io::Result<()> {
-    std::thread::Builder::new()
-        .name("store-warm".into())
-        .spawn(move || {
-            let started = Instant::now();
-            match warm_cache(&path, WARM_LIMIT) {
-                Ok(bytes) => tracing::info!(
-                    mib = bytes >> 20,
-                    ms = started.elapsed().as_millis() as u64,
-                    "store read into the page cache"
-                ),
-                Err(error) => tracing::warn!(path = %path.display(), %error, "store not warmed"),
-            }
-        })
-        .map(drop)
-}
 /// Folder of the index snapshot inside a data directory.
 pub const SNAPSHOT_DIR: &str = "index";
 const LOCK_FILE: &str = "lock";
@@ -120,6 +101,25 @@ pub struct EngineConfig {
     /// instead of waiting on the disk for every candidate, and the open's own
     /// reads of the store overlap with it.
     pub warm_store: bool,
+}
+
+/// Reads the store at `path` into the page cache on a thread of its own,
+/// logging how long it took; searches run meanwhile and only get faster.
+fn spawn_warming(path: PathBuf) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("store-warm".into())
+        .spawn(move || {
+            let started = Instant::now();
+            match warm_cache(&path, WARM_LIMIT) {
+                Ok(bytes) => tracing::info!(
+                    mib = bytes >> 20,
+                    ms = started.elapsed().as_millis() as u64,
+                    "store read into the page cache"
+                ),
+                Err(error) => tracing::warn!(path = %path.display(), %error, "store not warmed"),
+            }
+        })
+        .map(drop)
 }
 
 impl EngineConfig {

@@ -52,6 +52,7 @@ import io
 import json
 import re
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from multiprocessing import Pool
 from pathlib import Path
@@ -151,9 +152,9 @@ def iconify_sets(pkg: Path) -> dict[str, dict]:
 MANIFESTS = ("gallery-real.csv", "gallery-full.csv", "heldout.csv")
 
 
-def write_manifest(path: Path, rows: list[dict]) -> None:
+def write_manifest(path: Path, rows: list[dict], columns: list[str] = COLUMNS) -> None:
     with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=COLUMNS, lineterminator="\n")
+        w = csv.DictWriter(fh, fieldnames=columns, lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
 
@@ -370,10 +371,7 @@ def cmd_queries(args: argparse.Namespace) -> None:
             })
     if not qrows:
         raise SystemExit(f"no queries: the {args.split} split has no marks to photograph")
-    with open(out / "queries.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(qrows[0]), lineterminator="\n")
-        w.writeheader()
-        w.writerows(qrows)
+    write_manifest(out / "queries.csv", qrows, list(qrows[0]))
     digest = hashlib.sha256((out / "queries.csv").read_bytes()).hexdigest()
     print(f"queries: {len(qrows)} ({args.split} split) -> {out}/queries.csv sha256 {digest}")
 
@@ -389,32 +387,30 @@ def cmd_twins(args: argparse.Namespace) -> None:
     drop); open-set photos whose mark has a twin in the gallery left out (their
     brand is, in effect, recorded)."""
     data: Path = args.data
-    marks = read_rows(data / "gallery-real.csv") + read_rows(data / "heldout.csv")
+    real = read_rows(data / "gallery-real.csv")
+    marks = real + read_rows(data / "heldout.csv")
     full = read_rows(data / "gallery-full.csv")
     distractors = [r for r in full if r["kind"] == "distractor"]
     with Pool(args.jobs) as pool:
         sigs = pool.map(signature_job, [data / r["file"] for r in marks + distractors],
                         chunksize=64)
-    pairs = twin_pairs(sigs[:len(marks)])
-    copies = {distractors[j]["mark_id"] for _, j in twin_pairs(sigs[:len(marks)],
-                                                                sigs[len(marks):])}
+    mark_sigs, distractor_sigs = sigs[:len(marks)], sigs[len(marks):]
+    pairs = twin_pairs(mark_sigs)
+    copies = {distractors[j]["mark_id"] for _, j in twin_pairs(mark_sigs, distractor_sigs)}
     group = groups([r["brand"] for r in marks], pairs)
     joined = [(marks[i], marks[j]) for i, j in pairs if marks[i]["brand"] != marks[j]["brand"]]
     cross = sum(a["split"] != b["split"] for a, b in joined)
-    sizes: dict[str, int] = {}
-    for g in group.values():
-        sizes[g] = sizes.get(g, 0) + 1
+    sizes = Counter(group.values())
     print(f"{len(marks)} real marks: {len(joined)} twin pairs across brand keys, "
           f"{cross} of them across splits; {sum(n > 1 for n in sizes.values())} groups of "
           f"several keys, largest {max(sizes.values(), default=0)}; {len(copies)} of "
           f"{len(distractors)} distractors are a mark's twin, left out")
-    for name, rows in (("gallery-real", read_rows(data / "gallery-real.csv")),
-                       ("gallery-full", [r for r in full if r["mark_id"] not in copies])):
-        for r in rows:
-            r["brand"] = group.get(r["brand"], r["brand"])
-        write_manifest(data / f"{name}-twins.csv", rows)
-    recorded = {group[r["brand"]] for r in read_rows(data / "gallery-real.csv")}
+    recorded = {group[r["brand"]] for r in real}
     trained = {group[r["brand"]] for r in marks if r["split"] == "train"}
+    for name, rows in (("gallery-real", real),
+                       ("gallery-full", [r for r in full if r["mark_id"] not in copies])):
+        write_manifest(data / f"{name}-twins.csv",
+                       [{**r, "brand": group.get(r["brand"], r["brand"])} for r in rows])
     for qdir in args.queries:
         rows = read_rows(qdir / "queries.csv")
         kept = []
@@ -424,10 +420,7 @@ def cmd_twins(args: argparse.Namespace) -> None:
                 kept.append(r)
         unseen = [r for r in kept if r["split"] == "train" or r["brand"] not in trained]
         for name, out in (("queries-twins.csv", kept), ("queries-twins-unseen.csv", unseen)):
-            with open(qdir / name, "w", newline="") as fh:
-                w = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
-                w.writeheader()
-                w.writerows(out)
+            write_manifest(qdir / name, out, list(rows[0]))
         print(f"{qdir}: {len(rows) - len(kept)} open-set photos left out (a twin is recorded), "
               f"{len(kept)} photos -> queries-twins.csv; {len(kept) - len(unseen)} more whose "
               f"twin is in the train split left out -> queries-twins-unseen.csv")
