@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 
 use crate::decision::{self, Calibration, Decision, Evidence, Labelled};
 use crate::embed::{Backend, BackendChoice, EmbedError, Embedder, ModelSpec};
-use crate::imaging::{self, ImageError, Keypoints, Limits};
+use crate::imaging::{self, Frame, ImageError, Keypoints, Limits};
 use crate::index::{ExactIndex, HnswIndex, HnswParams, VectorIndex};
 use crate::store::{
     IndexDelta, ListQuery, MarkFields, MarkRecord, MarkStatus, NewMark, PutOutcome, Store,
@@ -259,7 +259,47 @@ pub struct Match {
     /// Corners of the photo matched to the mark's that one similarity transform
     /// carries onto each other ([`verify`]); 0 when not verified.
     pub inliers: u32,
+    /// Where those corners lie in the photo; `None` without inliers.
+    pub region: Option<Region>,
     pub record: MarkRecord,
+}
+
+/// Where a match's corners lined up with the mark's, in the photo's pixels (the
+/// photo upright, as its EXIF orientation shows it): what an officer is shown
+/// to see why it matched.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Region {
+    /// The box around `points`: left, top, right, bottom.
+    pub bounds: [f32; 4],
+    /// The photo's corners that agreed ([`verify::Agreement`]).
+    pub points: Vec<[f32; 2]>,
+}
+
+impl Region {
+    /// `agreement`'s corners taken through `frame`, its view's frame, to the
+    /// photo's pixels.
+    fn of(agreement: &verify::Agreement, frame: &Frame) -> Option<Region> {
+        let points: Vec<[f32; 2]> = agreement
+            .points
+            .iter()
+            .map(|p| {
+                frame
+                    .apply([f64::from(p[0]), f64::from(p[1])])
+                    .map(|v| v as f32)
+            })
+            .collect();
+        let first = points.first()?;
+        let mut bounds = [first[0], first[1], first[0], first[1]];
+        for [x, y] in &points {
+            bounds = [
+                bounds[0].min(*x),
+                bounds[1].min(*y),
+                bounds[2].max(*x),
+                bounds[3].max(*y),
+            ];
+        }
+        Some(Region { bounds, points })
+    }
 }
 
 /// Wall time spent in each stage of one search, in milliseconds.
@@ -322,6 +362,8 @@ pub struct Verified {
     pub score: f32,
     pub similarity: f32,
     pub inliers: u32,
+    /// The corners behind `inliers`; `None` without any.
+    pub agreement: Option<verify::Agreement>,
 }
 
 /// An image's views, embedded, with their keypoints.
@@ -357,6 +399,8 @@ struct Prepared {
     tensor: Array4<f32>,
     /// One set per view.
     keypoints: Vec<Keypoints>,
+    /// One per view: from its keypoints' units to the image's pixels.
+    frames: Vec<Frame>,
     format: String,
     timings: StageTimings,
 }
@@ -674,6 +718,7 @@ impl Engine {
                 Ok(Prepared {
                     tensor: input.tensor,
                     keypoints: input.keypoints,
+                    frames: input.frames,
                     format: format_name(image.format),
                     timings: StageTimings {
                         decode_ms: ms(t1 - t0),
@@ -894,11 +939,13 @@ impl Engine {
                 let Prepared {
                     mut timings,
                     keypoints,
+                    frames,
                     ..
                 } = p?;
                 let views = vectors.next().expect("views per image");
                 let search_start = Instant::now();
-                let (matches, evidence, verify_ms) = self.rank(&views, &keypoints, options)?;
+                let (matches, evidence, verify_ms) =
+                    self.rank(&views, &keypoints, &frames, options)?;
                 timings.embed_ms = embed_ms;
                 timings.verify_ms = verify_ms;
                 timings.search_ms = ms(search_start.elapsed());
@@ -930,7 +977,7 @@ impl Engine {
                 self.embedder.dim()
             )));
         }
-        Ok(self.rank(&[vector.to_vec()], &[], options)?.0)
+        Ok(self.rank(&[vector.to_vec()], &[], &[], options)?.0)
     }
 
     /// Candidates from the index for each view of the query, grouped by mark (the
@@ -943,6 +990,7 @@ impl Engine {
         &self,
         views: &[Vec<f32>],
         keypoints: &[Keypoints],
+        frames: &[Frame],
         options: &SearchOptions,
     ) -> Result<(Vec<Match>, Evidence, f64), EngineError> {
         let holder = options.filter.holder.as_ref().map(|h| h.to_lowercase());
@@ -1000,6 +1048,10 @@ impl Engine {
                     score: c.score,
                     similarity: c.similarity,
                     inliers: c.inliers,
+                    region: c
+                        .agreement
+                        .as_ref()
+                        .and_then(|a| Region::of(a, frames.get(a.view)?)),
                     record,
                 });
             }
@@ -1028,9 +1080,9 @@ impl Engine {
         keypoints: &[Keypoints],
         candidates: Vec<(Arc<str>, f32)>,
     ) -> Result<Vec<Verified>, EngineError> {
-        let inliers = if keypoints.is_empty() {
-            Vec::new()
-        } else {
+        // Each verified candidate's agreeing corners, kept for its region.
+        let mut agreements: Vec<Option<verify::Agreement>> = Vec::new();
+        if !keypoints.is_empty() {
             let similarities: Vec<f32> = candidates.iter().map(|c| c.1).collect();
             verify::bounded::<EngineError>(&similarities, |range| {
                 let stored: Vec<Vec<Keypoints>> = {
@@ -1040,22 +1092,30 @@ impl Engine {
                         .map(|(id, _)| Ok(decode(id, store.keypoints_of(id)?)))
                         .collect::<Result<_, EngineError>>()?
                 };
-                Ok(stored
+                let found: Vec<Option<verify::Agreement>> = stored
                     .par_iter()
-                    .map(|mark| verify::inliers(keypoints, mark))
-                    .collect())
-            })?
-        };
+                    .map(|mark| verify::agreement(keypoints, mark))
+                    .collect();
+                let counts = found
+                    .iter()
+                    .map(|a| a.as_ref().map_or(0, |a| a.points.len() as u32));
+                let counts = counts.collect();
+                agreements.extend(found);
+                Ok(counts)
+            })?;
+        }
+        let mut agreements = agreements.into_iter();
         let mut out: Vec<Verified> = candidates
             .into_iter()
-            .enumerate()
-            .map(|(i, (mark_id, similarity))| {
-                let inliers = inliers.get(i).copied().unwrap_or(0);
+            .map(|(mark_id, similarity)| {
+                let agreement = agreements.next().flatten();
+                let inliers = agreement.as_ref().map_or(0, |a| a.points.len() as u32);
                 Verified {
                     score: verify::fuse(similarity, inliers),
                     mark_id,
                     similarity,
                     inliers,
+                    agreement,
                 }
             })
             .collect();

@@ -32,6 +32,6 @@ pub mod verify;
 
 pub use engine::{
     Engine, EngineConfig, EngineError, EngineInfo, EnrollOutcome, EnrollRequest, IndexChoice,
-    Match, SearchFilter, SearchOptions, SearchResult, StageTimings,
+    Match, Region, SearchFilter, SearchOptions, SearchResult, StageTimings,
 };
 pub use store::{ListQuery, MarkFields, MarkRecord, MarkStatus};

@@ -118,12 +118,60 @@ pub fn fuse(similarity: f32, inliers: u32) -> f32 {
 /// The most matches one similarity transform carries between any view of the
 /// photo and any view of the candidate.
 pub fn inliers(photo: &[Keypoints], candidate: &[Keypoints]) -> u32 {
-    photo
-        .iter()
-        .flat_map(|p| candidate.iter().map(move |c| (p, c)))
-        .map(|(p, c)| consensus(&matches(p, c), p, c))
-        .max()
-        .unwrap_or(0)
+    agreement(photo, candidate).map_or(0, |a| a.points.len() as u32)
+}
+
+/// What verified a candidate, to show where it matched: the photo's view whose
+/// corners agreed best with the candidate's, and those corners.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Agreement {
+    /// Index of the photo's view.
+    pub view: usize,
+    /// The photo's corners that the transform carried onto the candidate's, in
+    /// the view's keypoint units ([`Keypoints::points`]).
+    pub points: Vec<[f32; 2]>,
+}
+
+/// The corners behind [`inliers`] (as many as it counts), from the first pair of
+/// views that gives the most; `None` when no transform carries any.
+pub fn agreement(photo: &[Keypoints], candidate: &[Keypoints]) -> Option<Agreement> {
+    let mut best: Option<(u32, Agreement)> = None;
+    for (view, p) in photo.iter().enumerate() {
+        for c in candidate {
+            let pairs = matches(p, c);
+            let (count, Some(transform)) = consensus(&pairs, p, c) else {
+                continue;
+            };
+            if best.as_ref().is_some_and(|(most, _)| *most >= count) {
+                continue;
+            }
+            let points = pairs
+                .iter()
+                .filter(|&&(i, j)| transform.carries(p.points[i], c.points[j]))
+                .map(|&(i, _)| p.points[i])
+                .collect();
+            best = Some((count, Agreement { view, points }));
+        }
+    }
+    best.map(|(_, agreement)| agreement)
+}
+
+/// A similarity transform `q = s·p + t` of points taken as complex numbers.
+#[derive(Debug, Clone, Copy)]
+struct Similarity {
+    s: (f32, f32),
+    t: (f32, f32),
+}
+
+impl Similarity {
+    /// Whether the transform takes `p` within [`TOLERANCE`] of `q`.
+    #[inline(always)]
+    fn carries(&self, [x0, y0]: [f32; 2], [x1, y1]: [f32; 2]) -> bool {
+        let (s, t) = (self.s, self.t);
+        let x = s.0 * x0 - s.1 * y0 + t.0 - x1;
+        let y = s.0 * y0 + s.1 * x0 + t.1 - y1;
+        x * x + y * y < TOLERANCE * TOLERANCE
+    }
 }
 
 /// Index pairs (photo, candidate) of descriptor matches that pass the ratio test.
@@ -281,13 +329,14 @@ fn matches_portable(a: &Keypoints, b: &Keypoints) -> Vec<(usize, usize)> {
     out
 }
 
-/// The most matches one similarity transform carries within [`TOLERANCE`].
+/// The most matches one similarity transform carries within [`TOLERANCE`], and
+/// the first transform tried that carries them (`None` when none carries any).
 ///
 /// Points are complex numbers, so a similarity is `q = s·p + t`: two matches fix
 /// `s = (q1 - q2) / (p1 - p2)` and `t`.
-fn consensus(pairs: &[(usize, usize)], a: &Keypoints, b: &Keypoints) -> u32 {
+fn consensus(pairs: &[(usize, usize)], a: &Keypoints, b: &Keypoints) -> (u32, Option<Similarity>) {
     if pairs.len() < 3 {
-        return 0;
+        return (0, None);
     }
     // Coordinates in separate arrays: the count over every match, in each
     // trial, is then a plain loop the compiler vectorises (a candidate verified
@@ -299,8 +348,7 @@ fn consensus(pairs: &[(usize, usize)], a: &Keypoints, b: &Keypoints) -> u32 {
     let (px, py, qx, qy) = (photo(0), photo(1), mark(0), mark(1));
     let n = pairs.len();
     let mut rng = SplitMix::new(0x7665_7269_6679 ^ n as u64);
-    let tol2 = TOLERANCE * TOLERANCE;
-    let mut best = 0;
+    let mut best = (0, None);
     for _ in 0..TRIALS {
         let (i, j) = (rng.below(n), rng.below(n));
         let dp = (px[i] - px[j], py[i] - py[j]);
@@ -322,17 +370,16 @@ fn consensus(pairs: &[(usize, usize)], a: &Keypoints, b: &Keypoints) -> u32 {
             qx[i] - (s.0 * px[i] - s.1 * py[i]),
             qy[i] - (s.0 * py[i] + s.1 * px[i]),
         );
+        let transform = Similarity { s, t };
         let agree: u32 = px
             .iter()
             .zip(&py)
             .zip(qx.iter().zip(&qy))
-            .map(|((&x0, &y0), (&x1, &y1))| {
-                let x = s.0 * x0 - s.1 * y0 + t.0 - x1;
-                let y = s.0 * y0 + s.1 * x0 + t.1 - y1;
-                u32::from(x * x + y * y < tol2)
-            })
+            .map(|((&x0, &y0), (&x1, &y1))| u32::from(transform.carries([x0, y0], [x1, y1])))
             .sum();
-        best = best.max(agree);
+        if agree > best.0 {
+            best = (agree, Some(transform));
+        }
     }
     best
 }
@@ -395,6 +442,31 @@ mod tests {
         assert_eq!(inliers(&[], &mark), 0);
         assert_eq!(inliers(&mark, &[]), 0);
         assert_eq!(inliers(&[Keypoints::default()], &mark), 0);
+        assert_eq!(agreement(&[Keypoints::default()], &mark), None);
+        assert_eq!(agreement(&mark, &[]), None);
+    }
+
+    #[test]
+    fn the_agreement_is_the_inliers_corners_in_the_view_that_gave_them() {
+        // The drawing shrunk to 0.9 and shifted by (12, 6) pixels on a
+        // 240-pixel canvas, as the photo's second view: its agreeing corners are its own,
+        // as many as the inliers, and lie where the drawing's corners went.
+        let drawing = scribble(1, 240);
+        let mark = [Keypoints::of(&scribble(2, 240)), Keypoints::of(&drawing)];
+        let moved_view = Keypoints::of(&moved(&drawing, 0.9, 12));
+        let photo = [Keypoints::of(&scribble(3, 240)), moved_view.clone()];
+        let found = agreement(&photo, &mark).expect("the drawing agrees");
+        assert_eq!(found.view, 1);
+        assert_eq!(found.points.len() as u32, inliers(&photo, &mark));
+        assert!(found.points.len() >= 12, "{}", found.points.len());
+        // The drawing covers 12..228 across and 6..222 down, of 240.
+        let inside = |p: &[f32; 2]| (0.03..=0.97).contains(&p[0]) && (0.0..=0.95).contains(&p[1]);
+        assert!(
+            found
+                .points
+                .iter()
+                .all(|p| moved_view.points.contains(p) && inside(p))
+        );
     }
 
     fn random_descriptors(seed: u64, n: usize) -> Keypoints {

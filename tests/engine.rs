@@ -476,6 +476,9 @@ fn verification_lifts_the_mark_whose_corners_line_up() {
         }
         for m in &result.matches {
             assert_eq!(m.score, marklens::verify::fuse(m.similarity, m.inliers));
+            // A region for every verified match, with a corner per inlier.
+            let corners = m.region.as_ref().map_or(0, |r| r.points.len());
+            assert_eq!(corners, m.inliers as usize, "{}", m.record.id);
         }
         let Some(mark) = result.matches.iter().find(|m| m.record.id == expected) else {
             continue;
@@ -534,6 +537,55 @@ fn verification_lifts_the_mark_whose_corners_line_up() {
     assert_eq!(imported.inliers, 0);
     assert_eq!(imported.score, imported.similarity);
     assert!(own.inliers > 0 && own.rank < imported.rank);
+}
+
+#[test]
+fn the_region_shows_where_the_mark_lies_in_the_photo() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path());
+    enroll_all(&engine, &gallery());
+    let (id, path) = gallery()
+        .into_iter()
+        .find(|(id, _)| id == "si-adidas")
+        .expect("the fixture gallery has si-adidas");
+    // The mark at 300 pixels wide, 520 from the left and 240 from the top of a
+    // 1000 x 700 photo of a pale card under light that falls off to the right.
+    let mark = image::open(&path).unwrap().to_rgb8();
+    let (w, h) = (300, 300 * mark.height() / mark.width());
+    let mark = image::imageops::resize(&mark, w, h, image::imageops::FilterType::Triangle);
+    let mut photo = image::RgbImage::from_fn(1000, 700, |x, _| {
+        let g = 240 - (x * 30 / 1000) as u8;
+        image::Rgb([g, g, g - 8])
+    });
+    for (x, y, px) in mark.enumerate_pixels() {
+        if px.0.iter().min() < Some(&200) {
+            photo.put_pixel(520 + x, 240 + y, *px);
+        }
+    }
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
+        .encode_image(&photo)
+        .unwrap();
+
+    let result = engine.search(&jpeg, &SearchOptions::default()).unwrap();
+    let best = &result.matches[0];
+    assert_eq!(best.record.id, id);
+    let region = best.region.as_ref().expect("the mark verified");
+    assert_eq!(region.points.len(), best.inliers as usize);
+    let [left, top, right, bottom] = region.bounds;
+    let (x0, y0, x1, y1) = (520.0, 240.0, 520.0 + w as f32, 240.0 + h as f32);
+    // Within the mark (a corner sits on the ink's edge: a few pixels of slack),
+    // and across most of it.
+    assert!(
+        left >= x0 - 6.0 && top >= y0 - 6.0 && right <= x1 + 6.0 && bottom <= y1 + 6.0,
+        "{:?} outside {:?}",
+        region.bounds,
+        (x0, y0, x1, y1)
+    );
+    assert!(right - left >= 0.6 * (x1 - x0), "{:?}", region.bounds);
+    for m in &result.matches {
+        assert_eq!(m.region.is_some(), m.inliers > 0, "{}", m.record.id);
+    }
 }
 
 /// `mark` (a drawing on white) knocked out of a dark block, as printed on

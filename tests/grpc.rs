@@ -239,6 +239,17 @@ async fn every_rpc_over_loopback() {
     let best = &found.matches[0];
     assert!(best.inliers > 0 && best.similarity > 0.99);
     assert!(best.score > best.similarity);
+    // Where they lie: inside the mark's image, one point per inlier.
+    let region = best.region.as_ref().expect("a verified match has a region");
+    assert_eq!(region.points.len(), best.inliers as usize);
+    let (w, h) = image::image_dimensions(&marks[5].1).unwrap();
+    assert!(region.left <= region.right && region.top <= region.bottom);
+    assert!(region.left >= 0.0 && region.top >= 0.0);
+    assert!(region.right <= w as f32 && region.bottom <= h as f32);
+    for p in &region.points {
+        assert!((region.left..=region.right).contains(&p.x));
+        assert!((region.top..=region.bottom).contains(&p.y));
+    }
     // No calibration in this data directory: the reply says so.
     assert_eq!(found.decision(), pb::Decision::Uncalibrated);
     let bad = matcher
@@ -596,6 +607,13 @@ async fn grpcurl_sees_health_reflection_enroll_and_search() {
     assert_eq!(reply["matches"][0]["mark"]["fields"]["name"], "via grpcurl");
     assert!(
         reply["matches"][0]["inliers"].as_u64().unwrap() > 0,
+        "{found}"
+    );
+    assert_eq!(
+        reply["matches"][0]["region"]["points"]
+            .as_array()
+            .map(Vec::len),
+        reply["matches"][0]["inliers"].as_u64().map(|n| n as usize),
         "{found}"
     );
     assert!(

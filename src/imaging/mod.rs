@@ -7,6 +7,7 @@
 //! all bounded *before* any pixel is decoded, so a hostile or corrupt file yields an
 //! [`ImageError`] rather than a panic or an out-of-memory kill.
 
+mod frame;
 pub mod keypoints;
 mod knockout;
 pub mod normalise;
@@ -21,6 +22,7 @@ use image::{
 };
 use ndarray::Array4;
 
+pub use frame::Frame;
 pub use keypoints::Keypoints;
 
 /// Bounds applied to every image before and during decoding.
@@ -196,6 +198,9 @@ pub struct Input {
     pub tensor: Array4<f32>,
     /// One entry per row of `tensor`.
     pub keypoints: Vec<Keypoints>,
+    /// One entry per row of `tensor`: takes a position in its keypoints' units
+    /// (the view's longer side) to the image's pixels.
+    pub frames: Vec<Frame>,
 }
 
 impl Preprocess {
@@ -213,14 +218,28 @@ impl Preprocess {
     /// gives ([`Preprocess::views`]). The whole image keeps its colour for the
     /// model; a found view is grey.
     pub fn input(&self, image: &RgbImage, knockouts: bool) -> Input {
-        let views = self.views(image, knockouts);
+        let (views, frames): (Vec<GrayImage>, Vec<Frame>) = match self.framing {
+            Framing::Whole => (self.views(image, knockouts), vec![Frame::IDENTITY]),
+            Framing::Mark => normalise::framed_views(image, knockouts)
+                .into_iter()
+                .unzip(),
+        };
         let tensor = match self.framing {
             Framing::Whole => self.tensor(&[image]),
             Framing::Mark => self.batch(&views.iter().collect::<Vec<_>>(), PixelType::U8),
         };
+        let frames = views
+            .iter()
+            .zip(frames)
+            .map(|(view, frame)| {
+                let side = f64::from(view.width().max(view.height()));
+                Frame::scale(side, side).then(&frame)
+            })
+            .collect();
         Input {
             tensor,
             keypoints: views.iter().map(Keypoints::of).collect(),
+            frames,
         }
     }
 

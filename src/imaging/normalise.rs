@@ -27,6 +27,7 @@
 
 use image::{GrayImage, ImageBuffer, Luma, Pixel, RgbImage};
 
+use super::frame::Frame;
 use super::knockout::{from_border, holes_box};
 use super::upright::upright;
 
@@ -107,12 +108,25 @@ pub const MAX_VIEWS: usize = 3;
 /// An image with no ink at all (a blank page) is redrawn whole. Each view is
 /// turned upright ([`upright`]) and given in grey, ink strength dark on white.
 pub fn views(image: &RgbImage, knockouts: bool) -> Vec<GrayImage> {
+    framed_views(image, knockouts)
+        .into_iter()
+        .map(|(view, _)| view)
+        .collect()
+}
+
+/// [`views`], each with the [`Frame`] that takes its pixels back to where they
+/// lie in `image`.
+pub fn framed_views(image: &RgbImage, knockouts: bool) -> Vec<(GrayImage, Frame)> {
     let bounded;
-    let image = if image.width().max(image.height()) > IMAGE_SIDE {
+    let (image, unbound) = if image.width().max(image.height()) > IMAGE_SIDE {
         bounded = downscale(image, IMAGE_SIDE);
-        &bounded
+        let back = Frame::scale(
+            f64::from(image.width()) / f64::from(bounded.width()),
+            f64::from(image.height()) / f64::from(bounded.height()),
+        );
+        (&bounded, back)
     } else {
-        image
+        (image, Frame::IDENTITY)
     };
     let mut found = normalise(image, knockouts).unwrap_or_else(|| Found::whole(image));
     let looked_past = found.mid_tone.take().and_then(|(ground, share)| {
@@ -120,13 +134,13 @@ pub fn views(image: &RgbImage, knockouts: bool) -> Vec<GrayImage> {
         Some((past, share))
     });
     let (first, beside) = match looked_past {
-        Some((past, share)) => (past, (share >= WHITE_INK).then_some(found.view)),
+        Some((past, share)) => (past, (share >= WHITE_INK).then_some(found)),
         None => (found, None),
     };
     let mut out = Vec::with_capacity(MAX_VIEWS);
     let mut next = first.block_inside();
-    out.push(upright(first.view));
-    out.extend(beside.map(upright));
+    out.push(first.upright(&unbound));
+    out.extend(beside.map(|b| b.upright(&unbound)));
     while let Some((x0, y0, x1, y1)) = next {
         if out.len() == MAX_VIEWS {
             break;
@@ -138,7 +152,8 @@ pub fn views(image: &RgbImage, knockouts: bool) -> Vec<GrayImage> {
         next = inner
             .block_inside()
             .map(|b| (b.0 + x0, b.1 + y0, b.2 + x0, b.3 + y0));
-        out.push(upright(inner.view));
+        let to_image = Frame::shift(f64::from(x0), f64::from(y0)).then(&unbound);
+        out.push(inner.upright(&to_image));
     }
     out
 }
@@ -147,6 +162,8 @@ pub fn views(image: &RgbImage, knockouts: bool) -> Vec<GrayImage> {
 struct Found {
     /// The crop redrawn as ink strength on white.
     view: GrayImage,
+    /// Where the view's pixels lie in the image searched.
+    to_image: Frame,
     /// The ink box (without the margin) in the view's pixels.
     ink_in_view: (u32, u32, u32, u32),
     /// The same box in the pixels of the image searched.
@@ -167,11 +184,19 @@ impl Found {
         let view = redraw(image, &ground, None, MIN_THRESHOLD, (0, 0, w, h));
         Found {
             ink_in_view: (0, 0, view.width(), view.height()),
+            to_image: view_frame(&view, (0, 0, w, h)),
             view,
             ink_in_image: (0, 0, w, h),
             holes_in_image: None,
             mid_tone: None,
         }
+    }
+
+    /// The view turned upright ([`upright`]), with the frame that takes its
+    /// pixels to the image searched and then through `onward`.
+    fn upright(self, onward: &Frame) -> (GrayImage, Frame) {
+        let (view, back) = upright(self.view);
+        (view, back.then(&self.to_image).then(onward))
     }
 
     /// Where to look inside a block, in the image's pixels, when big enough to
@@ -241,6 +266,7 @@ fn normalise(image: &RgbImage, knockouts: bool) -> Option<Found> {
         view.height(),
     );
     Some(Found {
+        to_image: view_frame(&view, outer),
         view,
         ink_in_view,
         ink_in_image: ink,
@@ -250,6 +276,16 @@ fn normalise(image: &RgbImage, knockouts: bool) -> Option<Found> {
             (ground, share)
         }),
     })
+}
+
+/// The frame of a view redrawn from the box `b` of an image: each view pixel
+/// spans the box's share of the view's side.
+fn view_frame(view: &GrayImage, b: (u32, u32, u32, u32)) -> Frame {
+    Frame::scale(
+        f64::from(b.2 - b.0) / f64::from(view.width()),
+        f64::from(b.3 - b.1) / f64::from(view.height()),
+    )
+    .then(&Frame::shift(f64::from(b.0), f64::from(b.1)))
 }
 
 /// Mean ink strength (0 white .. 1 black) of `image` along the inside edge of
@@ -1029,6 +1065,62 @@ mod tests {
         RgbImage::from_fn(image.width() * factor, image.height() * factor, |x, y| {
             *image.get_pixel(x / factor, y / factor)
         })
+    }
+
+    /// Where `frame` takes the view's point at (`fx`, `fy`) of its width and height.
+    fn back(view: &GrayImage, frame: &Frame, fx: f64, fy: f64) -> [f64; 2] {
+        frame.apply([fx * f64::from(view.width()), fy * f64::from(view.height())])
+    }
+
+    fn near(got: [f64; 2], want: [f64; 2], within: f64) -> bool {
+        (got[0] - want[0]).abs() <= within && (got[1] - want[1]).abs() <= within
+    }
+
+    #[test]
+    fn frames_take_each_view_back_to_where_it_lies_in_the_image() {
+        // A crop: the view's corners go to the mark's box with its margin.
+        let image = card(256, [200, 180, 150], [20, 40, 160], (100, 60, 160, 200));
+        let (view, frame) = &framed_views(&image, true)[0];
+        let margin = MARGIN * 140.0;
+        assert!(near(
+            back(view, frame, 0.0, 0.0),
+            [100.0 - margin, 60.0 - margin],
+            3.0
+        ));
+        assert!(near(
+            back(view, frame, 1.0, 1.0),
+            [160.0 + margin, 200.0 + margin],
+            3.0
+        ));
+        // Turned upright: the bar's centre and its ends go back to the tilted
+        // bar's (the label and the bar are centred at 150, 150, turned 25
+        // degrees; the bar is 140 long).
+        let (view, frame) = &framed_views(&tilted_label([60, 60, 64]), false)[0];
+        assert!(2 * view.width() > 3 * view.height(), "the bar lies flat");
+        assert!(near(back(view, frame, 0.5, 0.5), [150.0, 150.0], 3.0));
+        let (c, s) = (25f64.to_radians().cos(), 25f64.to_radians().sin());
+        let ends = [
+            [150.0 - 70.0 * c, 150.0 - 70.0 * s],
+            [150.0 + 70.0 * c, 150.0 + 70.0 * s],
+        ];
+        let (x0, x1) = (back(view, frame, 0.0, 0.5), back(view, frame, 1.0, 0.5));
+        let [a, b] = if x0[0] < x1[0] { [x0, x1] } else { [x1, x0] };
+        assert!(
+            near(a, ends[0], 12.0) && near(b, ends[1], 12.0),
+            "{a:?} {b:?} {ends:?}"
+        );
+        // Inside a block, of a photo larger than views are looked for in: the bar
+        // knocked out of the block is at 130..170 x 110..190, ten times larger.
+        let large = enlarged(&label_with_block([70, 45, 25]), 10);
+        let views = framed_views(&large, false);
+        let (view, frame) = views.last().expect("views");
+        assert!(near(back(view, frame, 0.5, 0.5), [1500.0, 1500.0], 15.0));
+        let (top_left, bottom_right) = (back(view, frame, 0.0, 0.0), back(view, frame, 1.0, 1.0));
+        assert!(near(top_left, [1300.0, 1100.0], 80.0), "{top_left:?}");
+        assert!(
+            near(bottom_right, [1700.0, 1900.0], 80.0),
+            "{bottom_right:?}"
+        );
     }
 
     #[test]

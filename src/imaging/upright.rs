@@ -19,6 +19,7 @@
 
 use image::{GrayImage, Luma};
 
+use super::frame::Frame;
 use super::normalise::{downscale_grey, ink_box, round_u8, scale_box, with_margin};
 
 /// Side of the copy on which the tilt is measured.
@@ -37,12 +38,16 @@ const CROP_INK: f32 = 32.0;
 /// or is already square to the frame. Views are at most
 /// [`VIEW_SIDE`](super::normalise::VIEW_SIDE) pixels, which bounds the rotation's
 /// per-pixel work.
-pub(super) fn upright(view: GrayImage) -> GrayImage {
+///
+/// Also returns the [`Frame`] that takes the result's pixels back to `view`'s.
+pub(super) fn upright(view: GrayImage) -> (GrayImage, Frame) {
     match tilt(&downscale_grey(&view, SKEW_SIDE)) {
         Some(angle) if angle.abs().to_degrees() >= MIN_TILT_DEG => {
-            crop_to_ink(rotate(&view, -angle))
+            let (turned, back) = rotate(&view, -angle);
+            let (cropped, (x0, y0)) = crop_to_ink(turned);
+            (cropped, Frame::shift(x0, y0).then(&back))
         }
-        _ => view,
+        _ => (view, Frame::IDENTITY),
     }
 }
 
@@ -83,8 +88,9 @@ fn tilt(view: &GrayImage) -> Option<f64> {
 }
 
 /// `view` rotated by `angle` radians (positive: clockwise on screen) about its
-/// centre, on a canvas big enough to hold all of it, white where nothing maps.
-fn rotate(view: &GrayImage, angle: f64) -> GrayImage {
+/// centre, on a canvas big enough to hold all of it, white where nothing maps;
+/// and the [`Frame`] that takes the canvas's pixels back to the view's.
+fn rotate(view: &GrayImage, angle: f64) -> (GrayImage, Frame) {
     let (w, h) = view.dimensions();
     let (sin, cos) = angle.sin_cos();
     let (fw, fh) = (f64::from(w), f64::from(h));
@@ -127,13 +133,17 @@ fn rotate(view: &GrayImage, angle: f64) -> GrayImage {
         let bottom = c * (1.0 - fx) + d * fx;
         top * (1.0 - fy) + bottom * fy
     };
-    GrayImage::from_fn(ow, oh, |x, y| {
+    let turned = GrayImage::from_fn(ow, oh, |x, y| {
         // The inverse rotation takes each output pixel back into the view.
         let (dx, dy) = (f64::from(x) + 0.5 - ocx, f64::from(y) + 0.5 - ocy);
         let sx = cos * dx + sin * dy + cx;
         let sy = -sin * dx + cos * dy + cy;
         Luma([round_u8(sample(sx, sy))])
-    })
+    });
+    let back = Frame::shift(-ocx, -ocy)
+        .then(&Frame::turn(-angle))
+        .then(&Frame::shift(cx, cy));
+    (turned, back)
 }
 
 /// `x.floor()` for `x` well within `i64`, inline: without SSE4.1 in the
@@ -143,15 +153,17 @@ fn floor(x: f64) -> f64 {
     if t > x { t - 1.0 } else { t }
 }
 
-/// `view` cropped to the box around its ink, with the usual margin.
-fn crop_to_ink(view: GrayImage) -> GrayImage {
+/// `view` cropped to the box around its ink, with the usual margin, and where
+/// the crop's top left lies in `view`.
+fn crop_to_ink(view: GrayImage) -> (GrayImage, (f64, f64)) {
     let (w, h) = view.dimensions();
     let strength: Vec<f32> = view.pixels().map(|p| 255.0 - f32::from(p[0])).collect();
     let Some(ink) = ink_box(&strength, w, CROP_INK) else {
-        return view;
+        return (view, (0.0, 0.0));
     };
     let (cx0, cy0, cx1, cy1) = scale_box(with_margin(ink), 1.0, w, h);
-    image::imageops::crop_imm(&view, cx0, cy0, cx1 - cx0, cy1 - cy0).to_image()
+    let crop = image::imageops::crop_imm(&view, cx0, cy0, cx1 - cx0, cy1 - cy0).to_image();
+    (crop, (f64::from(cx0), f64::from(cy0)))
 }
 
 #[cfg(test)]
@@ -167,7 +179,7 @@ mod tests {
             let post = x.abs() < 4 && (-30..10).contains(&y);
             Luma([if bar || post { 0 } else { 255 }])
         });
-        rotate(&flat, angle)
+        rotate(&flat, angle).0
     }
 
     #[test]
@@ -184,7 +196,7 @@ mod tests {
 
     #[test]
     fn turns_a_tilted_mark_square_again() {
-        let turned = upright(cross(160, 18f64.to_radians()));
+        let (turned, _) = upright(cross(160, 18f64.to_radians()));
         let left = tilt(&turned).expect("still a cross");
         assert!(left.to_degrees().abs() < 1.5, "left {}", left.to_degrees());
         // Cropped back to the ink: the bar spans most of the width.
@@ -202,7 +214,7 @@ mod tests {
             Luma([if (30.0..40.0).contains(&r) { 0 } else { 255 }])
         });
         assert_eq!(tilt(&ring), None);
-        assert_eq!(upright(ring.clone()), ring);
+        assert_eq!(upright(ring.clone()).0, ring);
     }
 
     #[test]
@@ -219,6 +231,6 @@ mod tests {
     #[test]
     fn a_blank_view_is_left_alone() {
         let blank = GrayImage::from_pixel(50, 40, Luma([255]));
-        assert_eq!(upright(blank.clone()), blank);
+        assert_eq!(upright(blank.clone()).0, blank);
     }
 }

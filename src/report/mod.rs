@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::decision::Decision;
-use crate::engine::{Match, StageTimings};
+use crate::engine::{Match, Region, StageTimings};
 use crate::store::MarkStatus;
 
 pub use html::write_html;
@@ -66,6 +66,8 @@ struct MatchRow<'a> {
     score: f32,
     similarity: f32,
     inliers: u32,
+    /// Where in the photo the mark matched ([`crate::engine::Region`]).
+    region: Option<&'a Region>,
     mark_id: &'a str,
     name: Option<&'a str>,
     holder: Option<&'a str>,
@@ -84,6 +86,7 @@ impl<'a> From<&'a Match> for MatchRow<'a> {
             score: m.score,
             similarity: m.similarity,
             inliers: m.inliers,
+            region: m.region.as_ref(),
             mark_id: &m.record.id,
             name: f.name.as_deref(),
             holder: f.holder.as_deref(),

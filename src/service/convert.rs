@@ -6,7 +6,8 @@ use tonic::{Code, Status};
 use super::pb;
 use crate::decision::{Calibration, Decision};
 use crate::engine::{
-    EngineError, EnrollOutcome, Match, SearchFilter, SearchOptions, SearchResult, StageTimings,
+    EngineError, EnrollOutcome, Match, Region, SearchFilter, SearchOptions, SearchResult,
+    StageTimings,
 };
 use crate::store::{MarkFields, MarkRecord, MarkStatus};
 
@@ -203,11 +204,30 @@ pub fn result_to_proto(request_id: String, result: &SearchResult) -> pb::SearchR
                 mark: Some(mark_to_proto(&m.record)),
                 similarity: m.similarity,
                 inliers: m.inliers,
+                region: m.region.as_ref().map(region_to_proto),
             })
             .collect(),
         timings: Some(timings_to_proto(&result.timings)),
         error: None,
         decision: decision_to_proto(result.decision) as i32,
+    }
+}
+
+fn region_to_proto(r: &Region) -> pb::Region {
+    let [left, top, right, bottom] = r.bounds;
+    pb::Region {
+        left,
+        top,
+        right,
+        bottom,
+        points: r.points.iter().map(|&[x, y]| pb::Point { x, y }).collect(),
+    }
+}
+
+fn region_from_proto(r: pb::Region) -> Region {
+    Region {
+        bounds: [r.left, r.top, r.right, r.bottom],
+        points: r.points.into_iter().map(|p| [p.x, p.y]).collect(),
     }
 }
 
@@ -261,6 +281,7 @@ pub fn result_from_proto(reply: pb::SearchResponse) -> Result<SearchResult, Stat
                 score: m.score,
                 similarity: m.similarity,
                 inliers: m.inliers,
+                region: m.region.map(region_from_proto),
                 record: mark_from_proto(m.mark.unwrap_or_default())?,
             })
         })
