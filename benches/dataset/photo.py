@@ -252,6 +252,12 @@ def photograph(rgba: Image.Image, dark: bool, level: str, seed: int) -> tuple[Im
     cx = float(np.clip(cx, side / 2, SCENE - side / 2))
     cy = float(np.clip(cy, side / 2, SCENE - side / 2))
     box = (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
+    # the box around the mark's projected ink in the photo, in its pixels: where
+    # a search should show the mark was found (benches/regions.py)
+    at = QUERY_SIZE / side
+    P["mark_box"] = [round(float(v), 1) for v in
+                     ((lo[0] - box[0]) * at, (lo[1] - box[1]) * at,
+                      (hi[0] - box[0]) * at, (hi[1] - box[1]) * at)]
     img = Image.fromarray(np.clip(scene, 0, 255).astype(np.uint8))
     img = img.resize((QUERY_SIZE, QUERY_SIZE), Image.Resampling.LANCZOS, box=box)
     f = np.asarray(img, dtype=np.float32)

@@ -51,6 +51,11 @@ class PhotoTest(unittest.TestCase):
                 self.assertTrue(cfg["frame"][0] <= p["frame_ratio"] <= cfg["frame"][1] + 1e-3)
                 if cfg["occl_p"] == 0:
                     self.assertIsNone(p["occluder"])
+                # The mark lies in the photo, framed by the level's ratio.
+                x0, y0, x1, y1 = p["mark_box"]
+                self.assertTrue(0 <= x0 < x1 <= 384 and 0 <= y0 < y1 <= 384, p["mark_box"])
+                side = max(x1 - x0, y1 - y0)
+                self.assertAlmostEqual(384 / side, p["frame_ratio"], delta=0.02 * p["frame_ratio"])
 
 
 class VariantTest(unittest.TestCase):
