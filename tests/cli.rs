@@ -124,6 +124,12 @@ fn enroll_search_screen_and_manage_marks() {
                     .unwrap();
                 assert_eq!(clean["matches"][0]["mark_id"], ids[2].as_str());
                 assert_eq!(clean["matches"][0]["rank"], 1);
+                // Where it matched: a point per inlier.
+                let best = &clean["matches"][0];
+                assert_eq!(
+                    best["region"]["points"].as_array().map(Vec::len),
+                    best["inliers"].as_u64().map(|n| n as usize)
+                );
                 assert!(clean["timings_ms"]["total_ms"].as_f64().unwrap() > 0.0);
             }
             "csv" => {
@@ -149,6 +155,8 @@ fn enroll_search_screen_and_manage_marks() {
                 assert!(text.contains("data:image/jpeg;base64,"));
                 assert!(text.trim_end().ends_with("</html>"));
                 assert!(text.contains(&ids[2]));
+                // The clean photo's best match is outlined on its thumbnail.
+                assert_eq!(text.matches("<rect class=\"region\"").count(), 1);
             }
         }
     }

@@ -15,8 +15,9 @@ body { font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; }
 h1 { font-size: 1.3rem; }
 table { border-collapse: collapse; }
 td { border-top: 1px solid #ddd; padding: .6rem; vertical-align: top; }
-.query img, .match img { width: 128px; height: 128px; object-fit: contain; background: #fafafa;
-  border: 1px solid #ccc; }
+.query img, .query svg, .match img { width: 128px; height: 128px; object-fit: contain;
+  background: #fafafa; border: 1px solid #ccc; }
+.region { fill: none; stroke: #e0301e; }
 .matches { display: flex; gap: .8rem; flex-wrap: wrap; }
 .match { width: 140px; font-size: .8rem; }
 .score { font-weight: 600; }
@@ -51,10 +52,37 @@ pub fn write_html(
         let query = report.query.display().to_string();
         let query_thumb = std::fs::read(&report.query)
             .ok()
-            .and_then(|bytes| thumbnail_uri(&bytes));
+            .and_then(|bytes| thumbnail(&bytes));
         writeln!(out, "<tr><td class=\"query\">")?;
-        if let Some(uri) = query_thumb {
-            writeln!(out, "<img src=\"{uri}\" alt=\"query\">")?;
+        match (
+            query_thumb,
+            report.matches.first().and_then(|m| m.region.as_ref()),
+        ) {
+            // The photo with the box where its best match's corners lined up,
+            // drawn in the photo's own pixels over the thumbnail.
+            (Some(thumb), Some(region)) => {
+                let [left, top, right, bottom] = region.bounds;
+                let stroke = f64::from(thumb.width.max(thumb.height)) / f64::from(THUMB) * 2.0;
+                writeln!(
+                    out,
+                    "<svg viewBox=\"0 0 {w} {h}\" preserveAspectRatio=\"xMidYMid meet\" \
+                     role=\"img\" aria-label=\"query, where the best match lined up\">\
+                     <image href=\"{uri}\" width=\"{w}\" height=\"{h}\"/>\
+                     <rect class=\"region\" x=\"{left:.1}\" y=\"{top:.1}\" width=\"{:.1}\" \
+                     height=\"{:.1}\" stroke-width=\"{stroke:.1}\"><title>{} corners of the best \
+                     match line up here</title></rect></svg>",
+                    right - left,
+                    bottom - top,
+                    region.points.len(),
+                    uri = thumb.uri,
+                    w = thumb.width,
+                    h = thumb.height,
+                )?;
+            }
+            (Some(thumb), None) => {
+                writeln!(out, "<img src=\"{}\" alt=\"query\">", thumb.uri)?;
+            }
+            (None, _) => {}
         }
         writeln!(out, "<div class=\"path\">{}</div>", escape(&query))?;
         if let Some(t) = &report.timings {
@@ -72,8 +100,13 @@ pub fn write_html(
         for m in &report.matches {
             let class = if m.rank == 1 { "match top" } else { "match" };
             writeln!(out, "<div class=\"{class}\">")?;
-            if let Some(uri) = mark_image(&m.record.id).and_then(|b| thumbnail_uri(&b)) {
-                writeln!(out, "<img src=\"{uri}\" alt=\"{}\">", escape(&m.record.id))?;
+            if let Some(thumb) = mark_image(&m.record.id).and_then(|b| thumbnail(&b)) {
+                writeln!(
+                    out,
+                    "<img src=\"{}\" alt=\"{}\">",
+                    thumb.uri,
+                    escape(&m.record.id)
+                )?;
             }
             let f = &m.record.fields;
             writeln!(
@@ -97,13 +130,24 @@ pub fn write_html(
     writeln!(out, "</table></body></html>")
 }
 
-fn thumbnail_uri(bytes: &[u8]) -> Option<String> {
+/// A small JPEG preview as a data URI, and the size of the image it shows.
+struct Thumbnail {
+    uri: String,
+    width: u32,
+    height: u32,
+}
+
+fn thumbnail(bytes: &[u8]) -> Option<Thumbnail> {
     let decoded = imaging::decode(bytes, &Limits::default()).ok()?;
     let jpeg = imaging::thumbnail_jpeg(&decoded.image, THUMB);
-    Some(format!(
-        "data:image/jpeg;base64,{}",
-        base64::engine::general_purpose::STANDARD.encode(jpeg)
-    ))
+    Some(Thumbnail {
+        uri: format!(
+            "data:image/jpeg;base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(jpeg)
+        ),
+        width: decoded.image.width(),
+        height: decoded.image.height(),
+    })
 }
 
 fn escape(text: &str) -> String {
