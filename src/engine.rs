@@ -1098,8 +1098,8 @@ impl Engine {
                     .collect();
                 let counts = found
                     .iter()
-                    .map(|a| a.as_ref().map_or(0, |a| a.points.len() as u32));
-                let counts = counts.collect();
+                    .map(|a| a.as_ref().map_or(0, verify::Agreement::inliers))
+                    .collect();
                 agreements.extend(found);
                 Ok(counts)
             })?;
@@ -1109,7 +1109,7 @@ impl Engine {
             .into_iter()
             .map(|(mark_id, similarity)| {
                 let agreement = agreements.next().flatten();
-                let inliers = agreement.as_ref().map_or(0, |a| a.points.len() as u32);
+                let inliers = agreement.as_ref().map_or(0, verify::Agreement::inliers);
                 Verified {
                     score: verify::fuse(similarity, inliers),
                     mark_id,

@@ -118,7 +118,7 @@ pub fn fuse(similarity: f32, inliers: u32) -> f32 {
 /// The most matches one similarity transform carries between any view of the
 /// photo and any view of the candidate.
 pub fn inliers(photo: &[Keypoints], candidate: &[Keypoints]) -> u32 {
-    agreement(photo, candidate).map_or(0, |a| a.points.len() as u32)
+    agreement(photo, candidate).map_or(0, |a| a.inliers())
 }
 
 /// What verified a candidate, to show where it matched: the photo's view whose
@@ -132,17 +132,24 @@ pub struct Agreement {
     pub points: Vec<[f32; 2]>,
 }
 
+impl Agreement {
+    /// How many corners agreed: the candidate's inliers.
+    pub fn inliers(&self) -> u32 {
+        self.points.len() as u32
+    }
+}
+
 /// The corners behind [`inliers`] (as many as it counts), from the first pair of
 /// views that gives the most; `None` when no transform carries any.
 pub fn agreement(photo: &[Keypoints], candidate: &[Keypoints]) -> Option<Agreement> {
-    let mut best: Option<(u32, Agreement)> = None;
+    let mut best: Option<Agreement> = None;
     for (view, p) in photo.iter().enumerate() {
         for c in candidate {
             let pairs = matches(p, c);
             let (count, Some(transform)) = consensus(&pairs, p, c) else {
                 continue;
             };
-            if best.as_ref().is_some_and(|(most, _)| *most >= count) {
+            if best.as_ref().is_some_and(|b| b.inliers() >= count) {
                 continue;
             }
             let points = pairs
@@ -150,10 +157,10 @@ pub fn agreement(photo: &[Keypoints], candidate: &[Keypoints]) -> Option<Agreeme
                 .filter(|&&(i, j)| transform.carries(p.points[i], c.points[j]))
                 .map(|&(i, _)| p.points[i])
                 .collect();
-            best = Some((count, Agreement { view, points }));
+            best = Some(Agreement { view, points });
         }
     }
-    best.map(|(_, agreement)| agreement)
+    best
 }
 
 /// A similarity transform `q = s·p + t` of points taken as complex numbers.
@@ -457,7 +464,7 @@ mod tests {
         let photo = [Keypoints::of(&scribble(3, 240)), moved_view.clone()];
         let found = agreement(&photo, &mark).expect("the drawing agrees");
         assert_eq!(found.view, 1);
-        assert_eq!(found.points.len() as u32, inliers(&photo, &mark));
+        assert_eq!(found.inliers(), inliers(&photo, &mark));
         assert!(found.points.len() >= 12, "{}", found.points.len());
         // The drawing covers 12..228 across and 6..222 down, of 240.
         let inside = |p: &[f32; 2]| (0.03..=0.97).contains(&p[0]) && (0.0..=0.95).contains(&p[1]);

@@ -218,15 +218,20 @@ impl Preprocess {
     /// gives ([`Preprocess::views`]). The whole image keeps its colour for the
     /// model; a found view is grey.
     pub fn input(&self, image: &RgbImage, knockouts: bool) -> Input {
-        let (views, frames): (Vec<GrayImage>, Vec<Frame>) = match self.framing {
-            Framing::Whole => (self.views(image, knockouts), vec![Frame::IDENTITY]),
-            Framing::Mark => normalise::framed_views(image, knockouts)
-                .into_iter()
-                .unzip(),
-        };
-        let tensor = match self.framing {
-            Framing::Whole => self.tensor(&[image]),
-            Framing::Mark => self.batch(&views.iter().collect::<Vec<_>>(), PixelType::U8),
+        let (views, frames, tensor) = match self.framing {
+            Framing::Whole => (
+                self.views(image, knockouts),
+                vec![Frame::IDENTITY],
+                self.tensor(&[image]),
+            ),
+            Framing::Mark => {
+                let (views, frames): (Vec<GrayImage>, Vec<Frame>) =
+                    normalise::framed_views(image, knockouts)
+                        .into_iter()
+                        .unzip();
+                let tensor = self.batch(&views.iter().collect::<Vec<_>>(), PixelType::U8);
+                (views, frames, tensor)
+            }
         };
         let frames = views
             .iter()
