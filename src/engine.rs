@@ -11,7 +11,7 @@
 //! in-memory index always reflects the store in commit order. All methods are
 //! blocking and CPU-bound: async callers run them on a blocking pool.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, TryLockError};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -261,26 +261,30 @@ pub struct Match {
     pub inliers: u32,
     /// Where those corners lie in the photo; `None` without inliers.
     pub region: Option<Region>,
+    /// Where the mark's corners that they lined up with lie in its recorded
+    /// image, one for each of `region`'s points in the same order: the two sides
+    /// of "these parts match". `None` without inliers, and for marks recorded
+    /// before marklens kept its views' frames (re-enrol them to fill it).
+    pub mark_region: Option<Region>,
     pub record: MarkRecord,
 }
 
-/// Where a match's corners lined up with the mark's, in the photo's pixels (the
-/// photo upright, as its EXIF orientation shows it): what an officer is shown
-/// to see why it matched.
+/// Where a match's corners lined up, on one side: in the photo's pixels, or in
+/// the recorded image's (either upright, as its EXIF orientation shows it).
+/// What an officer is shown to see why it matched.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Region {
     /// The box around `points`: left, top, right, bottom.
     pub bounds: [f32; 4],
-    /// The photo's corners that agreed ([`verify::Agreement`]).
+    /// The corners that agreed ([`verify::Agreement`]).
     pub points: Vec<[f32; 2]>,
 }
 
 impl Region {
-    /// `agreement`'s corners taken through `frame`, its view's frame, to the
-    /// photo's pixels.
-    fn of(agreement: &verify::Agreement, frame: &Frame) -> Option<Region> {
-        let points: Vec<[f32; 2]> = agreement
-            .points
+    /// `points`, in a view's keypoint units, taken through `frame`, the view's
+    /// frame, to its image's pixels; `None` without points.
+    fn of(points: &[[f32; 2]], frame: &Frame) -> Option<Region> {
+        let points: Vec<[f32; 2]> = points
             .iter()
             .map(|p| {
                 frame
@@ -366,16 +370,24 @@ pub struct Verified {
     pub agreement: Option<verify::Agreement>,
 }
 
-/// An image's views, embedded, with their keypoints.
+/// An image's views, embedded, with their keypoints and frames.
 struct Embedded {
     views: Views,
     keypoints: Vec<Keypoints>,
+    frames: Vec<Frame>,
     format: String,
 }
 
-/// Keypoints in their stored form, one blob per view.
-fn encode(keypoints: &[Keypoints]) -> Vec<Vec<u8>> {
-    keypoints.iter().map(Keypoints::to_bytes).collect()
+impl Embedded {
+    /// The keypoints in their stored form, one blob per view.
+    fn keypoint_blobs(&self) -> Vec<Vec<u8>> {
+        self.keypoints.iter().map(Keypoints::to_bytes).collect()
+    }
+
+    /// The frames in their stored form, one blob per view.
+    fn frame_blobs(&self) -> Vec<Vec<u8>> {
+        self.frames.iter().map(Frame::to_bytes).collect()
+    }
 }
 
 /// Stored keypoint blobs back into keypoints; a blob that does not parse is
@@ -594,6 +606,7 @@ impl Engine {
                     image_format: String::new(),
                     views: Vec::new(),
                     keypoints: Vec::new(),
+                    frames: Vec::new(),
                 },
                 needs_model,
             ));
@@ -608,7 +621,8 @@ impl Engine {
                 match outcome {
                     Ok(embedded) => {
                         let mark = &mut prepared[p].1;
-                        mark.keypoints = encode(&embedded.keypoints);
+                        mark.keypoints = embedded.keypoint_blobs();
+                        mark.frames = embedded.frame_blobs();
                         mark.views = embedded.views;
                         mark.image_format = embedded.format;
                     }
@@ -693,6 +707,7 @@ impl Engine {
                 image: request.image,
                 views: vec![crate::embed::normalised(&vector)],
                 keypoints: Vec::new(),
+                frames: Vec::new(),
             });
         }
         let (outcomes, delta) = self
@@ -768,6 +783,7 @@ impl Engine {
                 p.map(|p| Embedded {
                     views: vectors.next().expect("views per image"),
                     keypoints: p.keypoints,
+                    frames: p.frames,
                     format: p.format,
                 })
             })
@@ -1043,15 +1059,26 @@ impl Engine {
             }
             // A mark removed between the index read and here is simply skipped.
             if let Some(record) = store.get(&c.mark_id)? {
+                let (region, mark_region) = match &c.agreement {
+                    Some(a) => {
+                        let mark_frame = store
+                            .frames_of(&c.mark_id)?
+                            .get(a.mark_view)
+                            .and_then(|b| Frame::from_bytes(b));
+                        (
+                            frames.get(a.view).and_then(|f| Region::of(&a.points, f)),
+                            mark_frame.and_then(|f| Region::of(&a.mark_points, &f)),
+                        )
+                    }
+                    None => (None, None),
+                };
                 matches.push(Match {
                     rank: matches.len() + 1,
                     score: c.score,
                     similarity: c.similarity,
                     inliers: c.inliers,
-                    region: c
-                        .agreement
-                        .as_ref()
-                        .and_then(|a| Region::of(a, frames.get(a.view)?)),
+                    region,
+                    mark_region,
                     record,
                 });
             }
@@ -1236,22 +1263,26 @@ impl Engine {
             .collect())
     }
 
-    /// Re-embeds every mark whose vectors were made by another model (after a model
-    /// change), from the stored source images. Calls `progress(done, total)`.
+    /// Re-embeds, from the stored source images, every mark whose vectors were
+    /// made by another model (after a model change), and every mark recorded
+    /// before the store kept its views' frames (whose matches could not show
+    /// where on the mark they lined up). Calls `progress(done, total)`.
     pub fn reembed_stale(&self, progress: &dyn Fn(usize, usize)) -> Result<usize, EngineError> {
         let _writer = self.lock_writer();
         let fingerprint = self.embedder.fingerprint().to_owned();
         let stale: Vec<String> = {
             let store = self.lock_store();
+            let frameless: HashSet<String> = store.ids_without_frames()?.into_iter().collect();
             store
                 .ids()?
                 .into_iter()
                 .filter(|id| {
-                    store
-                        .fingerprint_of(id)
-                        .ok()
-                        .flatten()
-                        .is_none_or(|(_, model)| model != fingerprint)
+                    frameless.contains(id)
+                        || store
+                            .fingerprint_of(id)
+                            .ok()
+                            .flatten()
+                            .is_none_or(|(_, model)| model != fingerprint)
                 })
                 .collect()
         };
@@ -1270,7 +1301,8 @@ impl Engine {
                 let delta = self.lock_store().replace_views(
                     id,
                     &e.views,
-                    &encode(&e.keypoints),
+                    &e.keypoint_blobs(),
+                    &e.frame_blobs(),
                     &fingerprint,
                 )?;
                 self.apply(&delta, &[id.as_str()])?;

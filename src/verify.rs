@@ -121,8 +121,9 @@ pub fn inliers(photo: &[Keypoints], candidate: &[Keypoints]) -> u32 {
     agreement(photo, candidate).map_or(0, |a| a.inliers())
 }
 
-/// What verified a candidate, to show where it matched: the photo's view whose
-/// corners agreed best with the candidate's, and those corners.
+/// What verified a candidate, to show where it matched: the pair of views (the
+/// photo's, the candidate's) whose corners agreed best, and those corners on
+/// each side.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Agreement {
     /// Index of the photo's view.
@@ -130,6 +131,11 @@ pub struct Agreement {
     /// The photo's corners that the transform carried onto the candidate's, in
     /// the view's keypoint units ([`Keypoints::points`]).
     pub points: Vec<[f32; 2]>,
+    /// Index of the candidate's view.
+    pub mark_view: usize,
+    /// The candidate's corners, one for each of `points` in the same order, in
+    /// its view's keypoint units.
+    pub mark_points: Vec<[f32; 2]>,
 }
 
 impl Agreement {
@@ -144,7 +150,7 @@ impl Agreement {
 pub fn agreement(photo: &[Keypoints], candidate: &[Keypoints]) -> Option<Agreement> {
     let mut best: Option<Agreement> = None;
     for (view, p) in photo.iter().enumerate() {
-        for c in candidate {
+        for (mark_view, c) in candidate.iter().enumerate() {
             let pairs = matches(p, c);
             let (count, Some(transform)) = consensus(&pairs, p, c) else {
                 continue;
@@ -152,12 +158,17 @@ pub fn agreement(photo: &[Keypoints], candidate: &[Keypoints]) -> Option<Agreeme
             if best.as_ref().is_some_and(|b| b.inliers() >= count) {
                 continue;
             }
-            let points = pairs
+            let (points, mark_points) = pairs
                 .iter()
-                .filter(|&&(i, j)| transform.carries(p.points[i], c.points[j]))
-                .map(|&(i, _)| p.points[i])
-                .collect();
-            best = Some(Agreement { view, points });
+                .map(|&(i, j)| (p.points[i], c.points[j]))
+                .filter(|&(a, b)| transform.carries(a, b))
+                .unzip();
+            best = Some(Agreement {
+                view,
+                points,
+                mark_view,
+                mark_points,
+            });
         }
     }
     best
@@ -474,6 +485,21 @@ mod tests {
                 .iter()
                 .all(|p| moved_view.points.contains(p) && inside(p))
         );
+        // On the mark's side: its second view, one corner per photo corner, each
+        // near where the move takes it (0.9 times as far out, 12 and 6 pixels
+        // on): within the tolerance of a transform that is itself fitted to
+        // within the tolerance.
+        assert_eq!(found.mark_view, 1);
+        assert_eq!(found.mark_points.len(), found.points.len());
+        for (p, m) in found.points.iter().zip(&found.mark_points) {
+            assert!(mark[1].points.contains(m));
+            let went = [0.9 * m[0] + 12.0 / 240.0, 0.9 * m[1] + 6.0 / 240.0];
+            let off = (went[0] - p[0]).hypot(went[1] - p[1]);
+            assert!(
+                off < 2.0 * TOLERANCE,
+                "{m:?} went to {went:?}, found at {p:?}"
+            );
+        }
     }
 
     fn random_descriptors(seed: u64, n: usize) -> Keypoints {

@@ -130,6 +130,11 @@ fn enroll_search_screen_and_manage_marks() {
                     best["region"]["points"].as_array().map(Vec::len),
                     best["inliers"].as_u64().map(|n| n as usize)
                 );
+                // And where on the mark's recorded image, point for point.
+                assert_eq!(
+                    best["mark_region"]["points"].as_array().map(Vec::len),
+                    best["inliers"].as_u64().map(|n| n as usize)
+                );
                 assert!(clean["timings_ms"]["total_ms"].as_f64().unwrap() > 0.0);
             }
             "csv" => {
@@ -149,14 +154,29 @@ fn enroll_search_screen_and_manage_marks() {
                 assert!(rows.iter().any(|r| !r[15].is_empty()));
                 assert_eq!(&headers[4], "similarity");
                 assert_eq!(&headers[5], "inliers");
+                // The best match's boxes, in the photo and in the mark's image.
+                assert_eq!(&headers[16], "region_box");
+                assert_eq!(&headers[17], "mark_region_box");
+                let best = rows
+                    .iter()
+                    .find(|r| &r[2] == "1" && !r[6].is_empty())
+                    .unwrap();
+                for cell in [&best[16], &best[17]] {
+                    let b: Vec<f32> = cell.split(';').map(|v| v.parse().unwrap()).collect();
+                    assert!(b.len() == 4 && b[0] < b[2] && b[1] < b[3], "{cell}");
+                }
             }
             _ => {
                 assert!(text.starts_with("<!doctype html>"));
                 assert!(text.contains("data:image/jpeg;base64,"));
                 assert!(text.trim_end().ends_with("</html>"));
                 assert!(text.contains(&ids[2]));
-                // The clean photo's best match is outlined on its thumbnail.
-                assert_eq!(text.matches("<rect class=\"region\"").count(), 1);
+                // The clean photo's best match is outlined on its thumbnail,
+                // and on the mark's own thumbnail too.
+                assert_eq!(text.matches("corners of the best match line up").count(), 1);
+                let marks = text.matches("of the mark's corners line up").count();
+                assert!(marks >= 1, "{marks} marks outlined");
+                assert_eq!(text.matches("<rect class=\"region\"").count(), 1 + marks);
             }
         }
     }

@@ -307,6 +307,37 @@ fn a_store_from_another_model_is_refused_then_reembedded() {
 }
 
 #[test]
+fn marks_recorded_without_view_frames_are_reembedded_to_show_their_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let marks = gallery_subset(20);
+    {
+        let engine = open(dir.path());
+        enroll_all(&engine, &marks);
+    }
+    // As a store written before frames were kept leaves its views (schema
+    // version 3 added the column, empty for the views already there).
+    let db = rusqlite::Connection::open(dir.path().join("marks.db")).unwrap();
+    db.execute("UPDATE embeddings SET frame = x''", []).unwrap();
+    drop(db);
+    let (id, path) = &marks[3];
+    let photo = std::fs::read(path).unwrap();
+    let best = |engine: &marklens::Engine| {
+        let found = engine.search(&photo, &SearchOptions::default()).unwrap();
+        let best = found.matches.into_iter().next().unwrap();
+        assert_eq!(&best.record.id, id);
+        assert!(best.region.is_some(), "the photo's side does not need them");
+        best.mark_region
+    };
+
+    let engine = open(dir.path());
+    assert_eq!(best(&engine), None);
+    assert_eq!(engine.reembed_stale(&|_, _| {}).unwrap(), marks.len());
+    assert!(best(&engine).is_some());
+    // Nothing is left to do.
+    assert_eq!(engine.reembed_stale(&|_, _| {}).unwrap(), 0);
+}
+
+#[test]
 fn a_data_directory_is_used_by_one_process_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
     let _first = open(dir.path());
@@ -583,8 +614,34 @@ fn the_region_shows_where_the_mark_lies_in_the_photo() {
         (x0, y0, x1, y1)
     );
     assert!(right - left >= 0.6 * (x1 - x0), "{:?}", region.bounds);
+    // The mark's side, in its recorded image's pixels: point for point, each
+    // where the paste took it (scaled to 300 pixels wide, moved to 520, 240),
+    // within verification's tolerance (3.5% of the view's longer side).
+    let recorded = image::open(&path).unwrap();
+    let scale = w as f32 / recorded.width() as f32;
+    let on_mark = best.mark_region.as_ref().expect("the mark's side");
+    assert_eq!(on_mark.points.len(), region.points.len());
+    for (p, m) in region.points.iter().zip(&on_mark.points) {
+        let went = [520.0 + scale * m[0], 240.0 + scale * m[1]];
+        let off = (went[0] - p[0]).hypot(went[1] - p[1]);
+        assert!(
+            off < 0.05 * w as f32,
+            "{m:?} went to {went:?}, found at {p:?}"
+        );
+    }
+    let [ml, mt, mr, mb] = on_mark.bounds;
+    let slack = 6.0 / scale;
+    assert!(
+        ml >= -slack
+            && mt >= -slack
+            && mr <= recorded.width() as f32 + slack
+            && mb <= recorded.height() as f32 + slack,
+        "{:?} outside the recorded image",
+        on_mark.bounds
+    );
     for m in &result.matches {
         assert_eq!(m.region.is_some(), m.inliers > 0, "{}", m.record.id);
+        assert_eq!(m.mark_region.is_some(), m.inliers > 0, "{}", m.record.id);
     }
 }
 

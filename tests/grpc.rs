@@ -250,6 +250,13 @@ async fn every_rpc_over_loopback() {
         assert!((region.left..=region.right).contains(&p.x));
         assert!((region.top..=region.bottom).contains(&p.y));
     }
+    // The photo is the recorded image itself: on the mark's side each corner
+    // lies where its photo corner does.
+    let on_mark = best.mark_region.as_ref().expect("the mark's side");
+    assert_eq!(on_mark.points.len(), region.points.len());
+    for (p, m) in region.points.iter().zip(&on_mark.points) {
+        assert!((p.x - m.x).hypot(p.y - m.y) < 1.0, "{p:?} against {m:?}");
+    }
     // No calibration in this data directory: the reply says so.
     assert_eq!(found.decision(), pb::Decision::Uncalibrated);
     let bad = matcher
@@ -611,6 +618,13 @@ async fn grpcurl_sees_health_reflection_enroll_and_search() {
     );
     assert_eq!(
         reply["matches"][0]["region"]["points"]
+            .as_array()
+            .map(Vec::len),
+        reply["matches"][0]["inliers"].as_u64().map(|n| n as usize),
+        "{found}"
+    );
+    assert_eq!(
+        reply["matches"][0]["markRegion"]["points"]
             .as_array()
             .map(Vec::len),
         reply["matches"][0]["inliers"].as_u64().map(|n| n as usize),

@@ -77,7 +77,7 @@ pub fn run(global: &Global, args: DemoArgs) -> anyhow::Result<ExitCode> {
     );
     let reembedded = super::marks::reembed_stale(&engine)?;
     if reembedded > 0 {
-        println!("re-embedded {reembedded} mark(s) recorded by an older model");
+        println!("re-embedded {reembedded} mark(s) recorded by an older model or marklens");
     }
     enroll_demo_gallery(&engine, &args.fixtures, global)?;
     let labelled = args.fixtures.join("queries-bench.csv");

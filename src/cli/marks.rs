@@ -235,7 +235,8 @@ pub fn run_reembed(global: &Global) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Re-embeds the marks another model made, with a progress bar, and flushes
+/// Re-embeds the marks another model made (or an older marklens, without view
+/// frames: [`marklens::Engine::reembed_stale`]), with a progress bar, and flushes
 /// when there were any (the demo calls this on every start). Returns how many
 /// there were.
 pub fn reembed_stale(engine: &marklens::Engine) -> anyhow::Result<usize> {

@@ -110,7 +110,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Re-embed marks recorded with another model (after a model change).
+    /// Re-embed marks recorded with another model (after a model change), or by
+    /// a marklens that did not yet keep where each view lies in the image (so
+    /// that their matches can show where on the mark they lined up).
     Reembed,
     /// Fit the match / possible / no match thresholds on labelled photos and
     /// store them: every later search returns its decision by them.

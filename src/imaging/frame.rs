@@ -57,6 +57,34 @@ impl Frame {
         }
     }
 
+    /// Bytes for storage: the six coefficients, row by row, as little-endian
+    /// f64. A recorded mark keeps its views' frames, so a match can show where
+    /// on the recorded image its corners lay.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.m
+            .iter()
+            .flatten()
+            .flat_map(|v| v.to_le_bytes())
+            .collect()
+    }
+
+    /// [`Frame::to_bytes`] read back; `None` unless `bytes` holds exactly six
+    /// finite coefficients (a view stored before frames were kept has none).
+    pub fn from_bytes(bytes: &[u8]) -> Option<Frame> {
+        if bytes.len() != 48 {
+            return None;
+        }
+        let mut at = bytes
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("chunks of eight bytes")));
+        let mut row = || [(); 3].map(|_| at.next().expect("six coefficients"));
+        let m = [row(), row()];
+        m.iter()
+            .flatten()
+            .all(|v| v.is_finite())
+            .then_some(Frame { m })
+    }
+
     /// Where `(x, y)` goes.
     pub fn apply(&self, [x, y]: [f64; 2]) -> [f64; 2] {
         let m = &self.m;
@@ -90,5 +118,20 @@ mod tests {
             Frame::IDENTITY.then(&q).apply([0.0, 1.0]),
             [-1.0, 0.0]
         ));
+    }
+
+    #[test]
+    fn a_frame_survives_storage_and_bad_bytes_do_not_parse() {
+        let f = Frame::turn(0.3)
+            .then(&Frame::scale(2.5, 1.5))
+            .then(&Frame::shift(-4.0, 7.25));
+        let bytes = f.to_bytes();
+        assert_eq!(bytes.len(), 48);
+        assert_eq!(Frame::from_bytes(&bytes), Some(f));
+        assert_eq!(Frame::from_bytes(&[]), None);
+        assert_eq!(Frame::from_bytes(&bytes[..40]), None);
+        let mut nan = bytes.clone();
+        nan[..8].copy_from_slice(&f64::NAN.to_le_bytes());
+        assert_eq!(Frame::from_bytes(&nan), None);
     }
 }

@@ -6,6 +6,7 @@ use std::io::Write;
 use base64::Engine as _;
 
 use super::QueryReport;
+use crate::engine::Region;
 use crate::imaging::{self, Limits};
 
 const THUMB: u32 = 128;
@@ -15,7 +16,7 @@ body { font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; }
 h1 { font-size: 1.3rem; }
 table { border-collapse: collapse; }
 td { border-top: 1px solid #ddd; padding: .6rem; vertical-align: top; }
-.query img, .query svg, .match img { width: 128px; height: 128px; object-fit: contain;
+.query img, .query svg, .match img, .match svg { width: 128px; height: 128px; object-fit: contain;
   background: #fafafa; border: 1px solid #ccc; }
 .region { fill: none; stroke: #e0301e; }
 .matches { display: flex; gap: .8rem; flex-wrap: wrap; }
@@ -54,35 +55,15 @@ pub fn write_html(
             .ok()
             .and_then(|bytes| thumbnail(&bytes));
         writeln!(out, "<tr><td class=\"query\">")?;
-        match (
-            query_thumb,
-            report.matches.first().and_then(|m| m.region.as_ref()),
-        ) {
-            // The photo with the box where its best match's corners lined up,
-            // drawn in the photo's own pixels over the thumbnail.
-            (Some(thumb), Some(region)) => {
-                let [left, top, right, bottom] = region.bounds;
-                let stroke = f64::from(thumb.width.max(thumb.height)) / f64::from(THUMB) * 2.0;
-                writeln!(
-                    out,
-                    "<svg viewBox=\"0 0 {w} {h}\" preserveAspectRatio=\"xMidYMid meet\" \
-                     role=\"img\" aria-label=\"query, where the best match lined up\">\
-                     <image href=\"{uri}\" width=\"{w}\" height=\"{h}\"/>\
-                     <rect class=\"region\" x=\"{left:.1}\" y=\"{top:.1}\" width=\"{:.1}\" \
-                     height=\"{:.1}\" stroke-width=\"{stroke:.1}\"><title>{} corners of the best \
-                     match line up here</title></rect></svg>",
-                    right - left,
-                    bottom - top,
-                    region.points.len(),
-                    uri = thumb.uri,
-                    w = thumb.width,
-                    h = thumb.height,
-                )?;
-            }
-            (Some(thumb), None) => {
-                writeln!(out, "<img src=\"{}\" alt=\"query\">", thumb.uri)?;
-            }
-            (None, _) => {}
+        if let Some(thumb) = query_thumb {
+            let region = report.matches.first().and_then(|m| m.region.as_ref());
+            picture(
+                out,
+                &thumb,
+                region,
+                "query",
+                "corners of the best match line up here",
+            )?;
         }
         writeln!(out, "<div class=\"path\">{}</div>", escape(&query))?;
         if let Some(t) = &report.timings {
@@ -101,11 +82,12 @@ pub fn write_html(
             let class = if m.rank == 1 { "match top" } else { "match" };
             writeln!(out, "<div class=\"{class}\">")?;
             if let Some(thumb) = mark_image(&m.record.id).and_then(|b| thumbnail(&b)) {
-                writeln!(
+                picture(
                     out,
-                    "<img src=\"{}\" alt=\"{}\">",
-                    thumb.uri,
-                    escape(&m.record.id)
+                    &thumb,
+                    m.mark_region.as_ref(),
+                    &m.record.id,
+                    "of the mark's corners line up with the photo's here",
                 )?;
             }
             let f = &m.record.fields;
@@ -128,6 +110,38 @@ pub fn write_html(
         writeln!(out, "</div></td></tr>")?;
     }
     writeln!(out, "</table></body></html>")
+}
+
+/// `thumb` as an image, or, with a region, as an SVG that outlines the region
+/// over it in the image's own pixels; the outline's tooltip is the region's
+/// corner count followed by `what`.
+fn picture(
+    out: &mut dyn Write,
+    thumb: &Thumbnail,
+    region: Option<&Region>,
+    alt: &str,
+    what: &str,
+) -> std::io::Result<()> {
+    let Some(region) = region else {
+        return writeln!(out, "<img src=\"{}\" alt=\"{}\">", thumb.uri, escape(alt));
+    };
+    let [left, top, right, bottom] = region.bounds;
+    let stroke = f64::from(thumb.width.max(thumb.height)) / f64::from(THUMB) * 2.0;
+    writeln!(
+        out,
+        "<svg viewBox=\"0 0 {w} {h}\" preserveAspectRatio=\"xMidYMid meet\" \
+         role=\"img\" aria-label=\"{alt}, where it matched\">\
+         <image href=\"{uri}\" width=\"{w}\" height=\"{h}\"/>\
+         <rect class=\"region\" x=\"{left:.1}\" y=\"{top:.1}\" width=\"{:.1}\" \
+         height=\"{:.1}\" stroke-width=\"{stroke:.1}\"><title>{} {what}</title></rect></svg>",
+        right - left,
+        bottom - top,
+        region.points.len(),
+        alt = escape(alt),
+        uri = thumb.uri,
+        w = thumb.width,
+        h = thumb.height,
+    )
 }
 
 /// A small JPEG preview as a data URI, and the size of the image it shows.

@@ -68,6 +68,8 @@ struct MatchRow<'a> {
     inliers: u32,
     /// Where in the photo the mark matched ([`crate::engine::Region`]).
     region: Option<&'a Region>,
+    /// Where in the mark's recorded image, point for point.
+    mark_region: Option<&'a Region>,
     mark_id: &'a str,
     name: Option<&'a str>,
     holder: Option<&'a str>,
@@ -87,6 +89,7 @@ impl<'a> From<&'a Match> for MatchRow<'a> {
             similarity: m.similarity,
             inliers: m.inliers,
             region: m.region.as_ref(),
+            mark_region: m.mark_region.as_ref(),
             mark_id: &m.record.id,
             name: f.name.as_deref(),
             holder: f.holder.as_deref(),
@@ -156,7 +159,7 @@ pub fn write_json(out: &mut dyn Write, reports: &[QueryReport]) -> std::io::Resu
     writeln!(out)
 }
 
-const CSV_HEADER: [&str; 16] = [
+const CSV_HEADER: [&str; 18] = [
     "query",
     "decision",
     "rank",
@@ -173,10 +176,14 @@ const CSV_HEADER: [&str; 16] = [
     "valid_until",
     "total_ms",
     "error",
+    "region_box",
+    "mark_region_box",
 ];
 
 /// One row per match; a query without matches (or that failed) gets one row with
-/// empty match columns.
+/// empty match columns. The region columns, last so that the others keep their
+/// places, hold the box where the match lined up as `left;top;right;bottom`, in
+/// the photo's pixels and in the recorded image's.
 pub fn write_csv(out: &mut dyn Write, reports: &[QueryReport]) -> std::io::Result<()> {
     let mut writer = csv::Writer::from_writer(out);
     let csv_err = |e: csv::Error| std::io::Error::other(e.to_string());
@@ -219,9 +226,19 @@ pub fn write_csv(out: &mut dyn Write, reports: &[QueryReport]) -> std::io::Resul
                     f.valid_until.as_deref().unwrap_or(""),
                     &total,
                     &error,
+                    &region_box(m.region.as_ref()),
+                    &region_box(m.mark_region.as_ref()),
                 ])
                 .map_err(csv_err)?;
         }
     }
     writer.flush()
+}
+
+/// A region's box for a CSV cell, to a tenth of a pixel; empty without one.
+fn region_box(region: Option<&Region>) -> String {
+    region.map_or_else(String::new, |r| {
+        let [left, top, right, bottom] = r.bounds;
+        format!("{left:.1};{top:.1};{right:.1};{bottom:.1}")
+    })
 }

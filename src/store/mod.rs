@@ -21,7 +21,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 pub use record::{MarkFields, MarkRecord, MarkStatus};
 
 /// Version of the schema this build writes. Bumped with every migration.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE marks (
@@ -56,6 +56,8 @@ CREATE TABLE meta (
 ";
 
 const SCHEMA_V2: &str = "ALTER TABLE embeddings ADD COLUMN keypoints BLOB NOT NULL DEFAULT x'';";
+
+const SCHEMA_V3: &str = "ALTER TABLE embeddings ADD COLUMN frame BLOB NOT NULL DEFAULT x'';";
 
 const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 
@@ -94,6 +96,9 @@ pub struct NewMark {
     /// The encoded keypoints of each view, in the same order (empty when there
     /// are none, as for vectors computed elsewhere).
     pub keypoints: Vec<Vec<u8>>,
+    /// The encoded frame of each view (where its pixels lie in the image), in
+    /// the same order; empty like `keypoints`.
+    pub frames: Vec<Vec<u8>>,
 }
 
 /// What happened to one mark in [`Store::put`].
@@ -228,6 +233,14 @@ impl Store {
             let tx = self.conn.transaction()?;
             tx.execute_batch(SCHEMA_V2)?;
             tx.pragma_update(None, "user_version", 2)?;
+            tx.commit()?;
+        }
+        if version < 3 {
+            // Each view's frame: where its pixels lie in the recorded image. Views
+            // recorded before have none; their matches show the photo's side only.
+            let tx = self.conn.transaction()?;
+            tx.execute_batch(SCHEMA_V3)?;
+            tx.pragma_update(None, "user_version", 3)?;
             tx.commit()?;
         }
         Ok(())
@@ -443,13 +456,41 @@ impl Store {
         Ok(blobs)
     }
 
-    /// Replaces the vectors and keypoints of a mark (same image, new model);
-    /// returns the delta.
+    /// The encoded frame of each view of a mark, in view order; empty blobs for
+    /// views recorded without one, and no entry at all for an unknown id.
+    pub fn frames_of(&self, id: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT e.frame FROM marks m JOIN embeddings e ON e.mark_seq = m.seq
+              WHERE m.id = ?1 ORDER BY e.view",
+        )?;
+        let blobs = stmt
+            .query_map([id], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(blobs)
+    }
+
+    /// Marks with a view that has keypoints but no frame: recorded from an image
+    /// before frames were kept (schema version 3). Marks whose vectors came from
+    /// elsewhere have neither and are not listed.
+    pub fn ids_without_frames(&self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT DISTINCT m.id FROM marks m JOIN embeddings e ON e.mark_seq = m.seq
+              WHERE length(e.keypoints) > 0 AND length(e.frame) = 0 ORDER BY m.id",
+        )?;
+        let ids = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(ids)
+    }
+
+    /// Replaces the vectors, keypoints and frames of a mark (same image, new
+    /// model); returns the delta.
     pub fn replace_views(
         &mut self,
         id: &str,
         views: &[Vec<f32>],
         keypoints: &[Vec<u8>],
+        frames: &[Vec<u8>],
         model: &str,
     ) -> Result<IndexDelta, StoreError> {
         let tx = self.conn.transaction()?;
@@ -457,7 +498,7 @@ impl Store {
         let seq: i64 = tx.query_row("SELECT seq FROM marks WHERE id = ?1", [id], |r| r.get(0))?;
         delta.removed = vids_of(&tx, seq)?;
         tx.execute("DELETE FROM embeddings WHERE mark_seq = ?1", [seq])?;
-        insert_views(&tx, seq, views, keypoints, model, &mut delta)?;
+        insert_views(&tx, seq, views, keypoints, frames, model, &mut delta)?;
         tx.execute(
             &format!("UPDATE marks SET updated_at = {NOW} WHERE seq = ?1"),
             [seq],
@@ -580,7 +621,15 @@ fn put_one(
         r.get(0)
     })?;
     if existing.is_none() {
-        insert_views(tx, seq, &mark.views, &mark.keypoints, model, delta)?;
+        insert_views(
+            tx,
+            seq,
+            &mark.views,
+            &mark.keypoints,
+            &mark.frames,
+            model,
+            delta,
+        )?;
         return Ok(PutOutcome::Created);
     }
     if same_image {
@@ -588,7 +637,15 @@ fn put_one(
     }
     delta.removed.extend(vids_of(tx, seq)?);
     tx.execute("DELETE FROM embeddings WHERE mark_seq = ?1", [seq])?;
-    insert_views(tx, seq, &mark.views, &mark.keypoints, model, delta)?;
+    insert_views(
+        tx,
+        seq,
+        &mark.views,
+        &mark.keypoints,
+        &mark.frames,
+        model,
+        delta,
+    )?;
     Ok(PutOutcome::Replaced)
 }
 
@@ -597,21 +654,24 @@ fn insert_views(
     seq: i64,
     views: &[Vec<f32>],
     keypoints: &[Vec<u8>],
+    frames: &[Vec<u8>],
     model: &str,
     delta: &mut IndexDelta,
 ) -> Result<(), StoreError> {
     let mut stmt = tx.prepare_cached(
-        "INSERT INTO embeddings (mark_seq, view, model, vector, keypoints)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO embeddings (mark_seq, view, model, vector, keypoints, frame)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
     for (view, vector) in views.iter().enumerate() {
         let points = keypoints.get(view).map_or(&[][..], Vec::as_slice);
+        let frame = frames.get(view).map_or(&[][..], Vec::as_slice);
         stmt.execute(params![
             seq,
             view as i64,
             model,
             vector_to_bytes(vector),
-            points
+            points,
+            frame
         ])?;
         delta
             .added
@@ -684,6 +744,7 @@ mod tests {
             image_format: "png".into(),
             views: vec![vec![v, 1.0 - v]],
             keypoints: vec![image.to_vec()],
+            frames: vec![image.repeat(2)],
         }
     }
 
@@ -698,7 +759,7 @@ mod tests {
     }
 
     #[test]
-    fn keypoints_are_kept_per_view_and_replaced_with_the_vectors() {
+    fn keypoints_and_frames_are_kept_per_view_and_replaced_with_the_vectors() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(&dir.path().join("m.db")).unwrap();
         let mut two = mark("a", b"1", 0.5);
@@ -709,15 +770,34 @@ mod tests {
             store.keypoints_of("a").unwrap(),
             [b"1".to_vec(), b"second".to_vec()]
         );
+        // The second view came without a frame.
+        assert_eq!(store.frames_of("a").unwrap(), [b"11".to_vec(), Vec::new()]);
         store
-            .replace_views("a", &[vec![1.0, 0.0]], &[b"new".to_vec()], "m2")
+            .replace_views(
+                "a",
+                &[vec![1.0, 0.0]],
+                &[b"new".to_vec()],
+                &[b"frame".to_vec()],
+                "m2",
+            )
             .unwrap();
         assert_eq!(store.keypoints_of("a").unwrap(), [b"new".to_vec()]);
+        assert_eq!(store.frames_of("a").unwrap(), [b"frame".to_vec()]);
         assert!(store.keypoints_of("missing").unwrap().is_empty());
+        assert!(store.frames_of("missing").unwrap().is_empty());
+        // A view with keypoints and no frame was recorded before frames were
+        // kept; one with neither came with its vector from elsewhere.
+        let mut old = mark("b", b"2", 0.5);
+        old.frames.clear();
+        let mut outside = mark("c", b"3", 0.5);
+        outside.keypoints.clear();
+        outside.frames.clear();
+        store.put(&[old, outside], "m2").unwrap();
+        assert_eq!(store.ids_without_frames().unwrap(), ["b"]);
     }
 
     #[test]
-    fn a_version_1_database_gains_empty_keypoints() {
+    fn a_version_1_database_gains_empty_keypoints_and_frames() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.db");
         {
@@ -738,6 +818,7 @@ mod tests {
         }
         let store = Store::open(&path).unwrap();
         assert_eq!(store.keypoints_of("old").unwrap(), [Vec::<u8>::new()]);
+        assert_eq!(store.frames_of("old").unwrap(), [Vec::<u8>::new()]);
         let version: i64 = store
             .conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
