@@ -390,17 +390,18 @@ impl Embedded {
     }
 }
 
-/// Stored keypoint blobs back into keypoints; a blob that does not parse is
-/// skipped (logged): the mark is then ranked by similarity alone.
+/// Stored keypoint blobs back into keypoints, one set per view in view order; a
+/// blob that does not parse is an empty set (logged), so that view is matched by
+/// similarity alone and the others keep their places (an agreement names its
+/// view by place, to find that view's frame).
 fn decode(mark_id: &str, blobs: Vec<Vec<u8>>) -> Vec<Keypoints> {
     blobs
         .iter()
-        .filter_map(|b| {
-            let k = Keypoints::from_bytes(b);
-            if k.is_none() {
+        .map(|b| {
+            Keypoints::from_bytes(b).unwrap_or_else(|| {
                 tracing::warn!(mark_id, bytes = b.len(), "stored keypoints do not parse");
-            }
-            k
+                Keypoints::default()
+            })
         })
         .collect()
 }
