@@ -36,7 +36,7 @@ use crate::seeded::SplitMix;
 
 /// Names the algorithm and its parameters in the model fingerprint: keypoints are
 /// stored with each view's vector, so any change here must change this tag.
-pub const VERSION: &str = "fast9-rbrief256-v4";
+pub const VERSION: &str = "fast9-rbrief256-v5";
 /// Longer side of the view the features are found on, in pixels.
 pub const SIDE: u32 = 192;
 /// Levels of the scale pyramid.
@@ -74,10 +74,15 @@ pub struct Keypoints {
     pub points: Vec<[f32; 2]>,
     /// One descriptor per point.
     pub descriptors: Vec<[u64; WORDS]>,
+    /// One orientation per point, in 256ths of a turn ([`Keypoints::turn`]): a
+    /// corner and the corner it matches differ by the turn between their views,
+    /// which verification checks.
+    pub angles: Vec<u8>,
 }
 
-/// Bytes per stored point: two 16-bit coordinates and the descriptor.
-const POINT_BYTES: usize = 4 + 8 * WORDS;
+/// Bytes per stored point: two 16-bit coordinates, the orientation and the
+/// descriptor.
+const POINT_BYTES: usize = 5 + 8 * WORDS;
 /// Fixed-point scale and offset of stored coordinates, which lie in `0..=1`; the
 /// offset leaves headroom on both sides.
 const COORD_SCALE: f32 = 16384.0;
@@ -108,6 +113,7 @@ impl Keypoints {
         for level in levels {
             out.points.extend(level.points);
             out.descriptors.extend(level.descriptors);
+            out.angles.extend(level.angles);
         }
         out
     }
@@ -116,21 +122,27 @@ impl Keypoints {
         self.points.len()
     }
 
+    /// Point `i`'s orientation in radians, `0..TAU`.
+    pub fn turn(&self, i: usize) -> f32 {
+        f32::from(self.angles[i]) * std::f32::consts::TAU / 256.0
+    }
+
     pub fn is_empty(&self) -> bool {
         self.points.is_empty()
     }
 
-    /// The stored form: per point, x and y as fixed-point `u16`, then the
-    /// descriptor words, all little-endian.
+    /// The stored form: per point, x and y as fixed-point `u16`, the
+    /// orientation byte, then the descriptor words, all little-endian.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.len() * POINT_BYTES);
-        for (p, d) in self.points.iter().zip(&self.descriptors) {
+        for ((p, d), a) in self.points.iter().zip(&self.descriptors).zip(&self.angles) {
             for v in p {
                 let q = ((v + COORD_OFFSET) * COORD_SCALE)
                     .round()
                     .clamp(0.0, 65535.0) as u16;
                 out.extend_from_slice(&q.to_le_bytes());
             }
+            out.push(*a);
             for word in d {
                 out.extend_from_slice(&word.to_le_bytes());
             }
@@ -149,9 +161,10 @@ impl Keypoints {
                 f32::from(u16::from_le_bytes([chunk[i], chunk[i + 1]])) / COORD_SCALE - COORD_OFFSET
             };
             out.points.push([coord(0), coord(2)]);
+            out.angles.push(chunk[4]);
             let mut d = [0u64; WORDS];
             for (w, word) in d.iter_mut().enumerate() {
-                let at = 4 + 8 * w;
+                let at = 5 + 8 * w;
                 *word = u64::from_le_bytes(chunk[at..at + 8].try_into().expect("8 bytes"));
             }
             out.descriptors.push(d);
@@ -192,6 +205,7 @@ fn detect(level: &GrayImage, budget: usize) -> Keypoints {
         let (x, y) = ((c.x + PAD) as i32, (c.y + PAD) as i32);
         let angle = orientation(&padded, x, y);
         out.points.push([c.x as f32 / side, c.y as f32 / side]);
+        out.angles.push(angle_byte(angle));
         out.descriptors
             .push(describe(&sums, x, y, &PATTERNS[angle_bin(angle)]));
     }
@@ -222,6 +236,11 @@ fn orientation(image: &GrayImage, x: i32, y: i32) -> f32 {
 
 /// The test pairs turned to one orientation: integer offsets (x0, y0, x1, y1).
 type Pattern = [[i32; 4]; BITS];
+
+/// An angle in radians as the nearest 256th of a turn.
+fn angle_byte(angle: f32) -> u8 {
+    ((angle / std::f32::consts::TAU * 256.0).round() as i64).rem_euclid(256) as u8
+}
 
 /// The orientation's nearest of the [`ANGLE_BINS`] turns.
 fn angle_bin(angle: f32) -> usize {
@@ -371,6 +390,31 @@ mod tests {
             "{near} of {} within 64 bits",
             a.len()
         );
+        // The corners' orientations turned with the view: a quarter turn
+        // clockwise is 64 of 256 (y grows downwards). The corner nearest each
+        // of the F's, where a quarter turn takes it, carries it.
+        let mut turns: Vec<i32> = Vec::new();
+        for (i, p) in a.points.iter().enumerate() {
+            // rotate90 takes (x, y) of a square to (1 - y, x).
+            let went = [1.0 - p[1], p[0]];
+            let j = (0..b.len())
+                .min_by(|&j, &k| {
+                    let d = |q: &[f32; 2]| (q[0] - went[0]).hypot(q[1] - went[1]);
+                    d(&b.points[j]).total_cmp(&d(&b.points[k]))
+                })
+                .unwrap();
+            let q = b.points[j];
+            if (q[0] - went[0]).hypot(q[1] - went[1]) < 0.01 {
+                turns.push((i32::from(b.angles[j]) - i32::from(a.angles[i])).rem_euclid(256));
+            }
+        }
+        turns.sort_unstable();
+        assert!(turns.len() >= 8, "{} corners found again", turns.len());
+        let median = turns[turns.len() / 2];
+        assert!(
+            (60..=68).contains(&median),
+            "turned by {median} of 256: {turns:?}"
+        );
     }
 
     #[test]
@@ -378,6 +422,7 @@ mod tests {
         let k = Keypoints::of(&letter_f(160));
         let back = Keypoints::from_bytes(&k.to_bytes()).unwrap();
         assert_eq!(back.descriptors, k.descriptors);
+        assert_eq!(back.angles, k.angles);
         for (p, q) in k.points.iter().zip(&back.points) {
             assert!((p[0] - q[0]).abs() < 1e-4 && (p[1] - q[1]).abs() < 1e-4);
         }
