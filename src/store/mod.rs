@@ -446,23 +446,27 @@ impl Store {
     /// The encoded keypoints of each view of a mark, in view order; empty blobs
     /// for views without any, and no entry at all for an unknown id.
     pub fn keypoints_of(&self, id: &str) -> Result<Vec<Vec<u8>>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
+        self.view_blobs(
             "SELECT e.keypoints FROM marks m JOIN embeddings e ON e.mark_seq = m.seq
               WHERE m.id = ?1 ORDER BY e.view",
-        )?;
-        let blobs = stmt
-            .query_map([id], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        Ok(blobs)
+            id,
+        )
     }
 
     /// The encoded frame of each view of a mark, in view order; empty blobs for
     /// views recorded without one, and no entry at all for an unknown id.
     pub fn frames_of(&self, id: &str) -> Result<Vec<Vec<u8>>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
+        self.view_blobs(
             "SELECT e.frame FROM marks m JOIN embeddings e ON e.mark_seq = m.seq
               WHERE m.id = ?1 ORDER BY e.view",
-        )?;
+            id,
+        )
+    }
+
+    /// One blob per view of mark `id`, as `query` (a cached statement taking the
+    /// id as ?1) selects them.
+    fn view_blobs(&self, query: &str, id: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(query)?;
         let blobs = stmt
             .query_map([id], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
