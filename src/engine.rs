@@ -252,13 +252,16 @@ pub struct Match {
     /// 1 for the best match.
     pub rank: usize,
     /// What matches are ranked and decided by: `similarity` plus a bonus of up to
-    /// [`verify::WEIGHT`] for `inliers` ([`verify::fuse`]).
+    /// [`verify::WEIGHT`] for `support` ([`verify::fuse`]).
     pub score: f32,
     /// Cosine similarity of the best view of the mark, in -1..=1.
     pub similarity: f32,
     /// Corners of the photo matched to the mark's that one similarity transform
     /// carries onto each other ([`verify`]); 0 when not verified.
     pub inliers: u32,
+    /// `inliers` less those chance accounts for among the corner matches they
+    /// were found among ([`verify::Agreement::support`]): what `score` counts.
+    pub support: u32,
     /// Where those corners lie in the photo; `None` without inliers.
     pub region: Option<Region>,
     /// Where the mark's corners that they lined up with lie in its recorded
@@ -366,6 +369,8 @@ pub struct Verified {
     pub score: f32,
     pub similarity: f32,
     pub inliers: u32,
+    /// What `score` counts of `inliers` ([`verify::Agreement::support`]).
+    pub support: u32,
     /// The corners behind `inliers`; `None` without any.
     pub agreement: Option<verify::Agreement>,
 }
@@ -1078,6 +1083,7 @@ impl Engine {
                     score: c.score,
                     similarity: c.similarity,
                     inliers: c.inliers,
+                    support: c.support,
                     region,
                     mark_region,
                     record,
@@ -1124,12 +1130,12 @@ impl Engine {
                     .par_iter()
                     .map(|mark| verify::agreement(keypoints, mark))
                     .collect();
-                let counts = found
+                let support = found
                     .iter()
-                    .map(|a| a.as_ref().map_or(0, verify::Agreement::inliers))
+                    .map(|a| a.as_ref().map_or(0, verify::Agreement::support))
                     .collect();
                 agreements.extend(found);
-                Ok(counts)
+                Ok(support)
             })?;
         }
         let mut agreements = agreements.into_iter();
@@ -1137,12 +1143,15 @@ impl Engine {
             .into_iter()
             .map(|(mark_id, similarity)| {
                 let agreement = agreements.next().flatten();
-                let inliers = agreement.as_ref().map_or(0, verify::Agreement::inliers);
+                let (inliers, support) = agreement
+                    .as_ref()
+                    .map_or((0, 0), |a| (a.inliers(), a.support()));
                 Verified {
-                    score: verify::fuse(similarity, inliers),
+                    score: verify::fuse(similarity, support),
                     mark_id,
                     similarity,
                     inliers,
+                    support,
                     agreement,
                 }
             })

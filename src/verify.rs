@@ -16,8 +16,12 @@
 //!    plausible scales, and scored by the matches it carries within [`TOLERANCE`]
 //!    whose corners' orientations also differ by its turn, within [`TURN`]
 //!    degrees; the best count is the candidate's `inliers`.
-//! 3. Fusion: the candidate's score becomes its cosine similarity plus
-//!    [`WEIGHT`] times its inliers (capped at [`CAP`]) over [`CAP`].
+//! 3. Support: the inliers less the share [`CHANCE`] of the matches they were
+//!    drawn from. A candidate whose corners match the photo's by the hundred
+//!    (a busy drawing, a grid of dots) lines up a few of them by chance; the
+//!    mark lines up most of its few.
+//! 4. Fusion: the candidate's score becomes its cosine similarity plus
+//!    [`WEIGHT`] times its support (capped at [`CAP`]) over [`CAP`].
 //!
 //! The engine verifies candidates in order of similarity, and stops early where
 //! that cannot change the first place: a candidate more than [`WEIGHT`] below the
@@ -43,7 +47,7 @@ use std::ops::Range;
 /// records it ([`crate::decision::Calibration::scoring`]). It spells out the
 /// constants below (a test holds it to them); a change to the consensus itself
 /// must change its version.
-pub const SCORING: &str = "consensus-v2 ratio=0.85 trials=300 tolerance=0.035 turn=20 span=0.05 scales=0.5..2 depth=60 rivals=10 weight=0.3 cap=30";
+pub const SCORING: &str = "consensus-v3 ratio=0.9 trials=300 tolerance=0.035 turn=20 span=0.05 scales=0.5..2 chance=0.05 depth=60 rivals=10 weight=0.3 cap=30";
 
 /// How deep in the list by cosine a candidate may be and still be verified.
 pub const DEPTH: usize = 60;
@@ -52,7 +56,9 @@ pub const DEPTH: usize = 60;
 /// lookalike that shares the mark's parts usually ranks among them.
 pub const RIVALS: usize = 10;
 /// A match is kept when its distance is below this share of the second best's.
-const RATIO: f32 = 0.85;
+/// Looser than 0.85 since [`CHANCE`] discounts the extra matches it lets
+/// through: at 0.9 alone, mirrored marks lost to lookalikes' chance inliers.
+const RATIO: f32 = 0.9;
 /// Proposals tried per view pair.
 const TRIALS: usize = 300;
 /// A match agrees with a transform when it lands this close, in units of the
@@ -69,7 +75,11 @@ const MIN_SPAN: f32 = 0.05;
 /// Plausible scales between a photo view and a mark view (both are cropped to
 /// their ink, so the scale is near 1 unless the crop caught more or less).
 const SCALES: (f32, f32) = (0.5, 2.0);
-/// Inliers beyond this add nothing: past it, the candidate is verified.
+/// The share of a view pair's matches that a transform is taken to carry by
+/// chance, and which the support leaves out. 0.03 to 0.08 ranked alike on the
+/// calibration split.
+const CHANCE: f32 = 0.05;
+/// Support beyond this adds nothing: past it, the candidate is verified.
 pub const CAP: u32 = 30;
 /// Score added by a fully verified candidate.
 pub const WEIGHT: f32 = 0.3;
@@ -81,8 +91,8 @@ const STEP: usize = 4;
 
 /// Verifies candidates with `similarities` (best first) as far as that can change
 /// the first place (see the module's documentation), calling `verify` on
-/// consecutive ranges of them for their inliers. Returns the inliers of the
-/// verified candidates, a prefix of the list.
+/// consecutive ranges of them for their support ([`Agreement::support`]).
+/// Returns the support of the verified candidates, a prefix of the list.
 pub fn bounded<E>(
     similarities: &[f32],
     mut verify: impl FnMut(Range<usize>) -> Result<Vec<u32>, E>,
@@ -95,10 +105,10 @@ pub fn bounded<E>(
         .take(DEPTH)
         .take_while(|s| **s >= reach)
         .count();
-    let mut inliers: Vec<u32> = Vec::with_capacity(within);
+    let mut support: Vec<u32> = Vec::with_capacity(within);
     let mut best = f32::NEG_INFINITY;
-    while inliers.len() < within {
-        let at = inliers.len();
+    while support.len() < within {
+        let at = support.len();
         // Sorted by similarity: once one candidate cannot beat the best fused
         // score, none after it can.
         if at >= RIVALS && similarities[at] + WEIGHT <= best {
@@ -110,15 +120,15 @@ pub fn bounded<E>(
         for (similarity, &n) in similarities[at..end].iter().zip(&found) {
             best = best.max(fuse(*similarity, n));
         }
-        inliers.extend(found);
+        support.extend(found);
     }
-    Ok(inliers)
+    Ok(support)
 }
 
 /// The fused score of a candidate with cosine similarity `similarity` and
-/// `inliers` agreeing matches.
-pub fn fuse(similarity: f32, inliers: u32) -> f32 {
-    similarity + WEIGHT * inliers.min(CAP) as f32 / CAP as f32
+/// `support` ([`Agreement::support`]).
+pub fn fuse(similarity: f32, support: u32) -> f32 {
+    similarity + WEIGHT * support.min(CAP) as f32 / CAP as f32
 }
 
 /// The most matches one similarity transform carries between any view of the
@@ -142,12 +152,21 @@ pub struct Agreement {
     /// The candidate's corners, one for each of `points` in the same order, in
     /// its view's keypoint units.
     pub mark_points: Vec<[f32; 2]>,
+    /// How many descriptor matches the two views gave (the inliers' pool).
+    pub matches: u32,
 }
 
 impl Agreement {
     /// How many corners agreed: the candidate's inliers.
     pub fn inliers(&self) -> u32 {
         self.points.len() as u32
+    }
+
+    /// The inliers less those [`CHANCE`] accounts for among the matches
+    /// (rounded, at least 0): what the fused score counts.
+    pub fn support(&self) -> u32 {
+        let chance = CHANCE * self.matches as f32;
+        (self.inliers() as f32 - chance).max(0.0).round() as u32
     }
 }
 
@@ -176,6 +195,7 @@ pub fn agreement(photo: &[Keypoints], candidate: &[Keypoints]) -> Option<Agreeme
                 points,
                 mark_view,
                 mark_points,
+                matches: pairs.len() as u32,
             });
         }
     }
@@ -591,12 +611,12 @@ mod tests {
     /// second-nearest corners on either side of the ratio decide the matches.
     fn planted() -> (Keypoints, Keypoints, Vec<(usize, usize)>) {
         const CASES: [&[(usize, u32)]; 6] = [
-            &[(0, 3)],         // alone: kept
-            &[(0, 3), (8, 3)], // tied in the same lane: dropped
-            &[(0, 3), (1, 3)], // tied across lanes: dropped
-            &[(0, 3), (1, 4)], // second nearest in another lane, 3 < 0.85 x 4: kept
-            &[(0, 6), (9, 7)], // 6 >= 0.85 x 7, across lanes: dropped
-            &[(0, 6), (8, 8)], // 6 < 0.85 x 8, same lane: kept
+            &[(0, 3)],          // alone: kept
+            &[(0, 3), (8, 3)],  // tied in the same lane: dropped
+            &[(0, 3), (1, 3)],  // tied across lanes: dropped
+            &[(0, 3), (1, 4)],  // second nearest in another lane, 3 < 0.9 x 4: kept
+            &[(0, 9), (9, 10)], // 9 >= 0.9 x 10, across lanes: dropped
+            &[(0, 6), (8, 8)],  // 6 < 0.9 x 8, same lane: kept
         ];
         let a = random_descriptors(1, 20);
         // Not a multiple of eight: the last lanes are padding.
@@ -667,10 +687,52 @@ mod tests {
         assert_eq!(
             SCORING,
             format!(
-                "consensus-v2 ratio={RATIO} trials={TRIALS} tolerance={TOLERANCE} turn={TURN} \
-                 span={MIN_SPAN} scales={}..{} depth={DEPTH} rivals={RIVALS} weight={WEIGHT} cap={CAP}",
+                "consensus-v3 ratio={RATIO} trials={TRIALS} tolerance={TOLERANCE} turn={TURN} \
+                 span={MIN_SPAN} scales={}..{} chance={CHANCE} depth={DEPTH} rivals={RIVALS} \
+                 weight={WEIGHT} cap={CAP}",
                 SCALES.0, SCALES.1
             )
+        );
+    }
+
+    #[test]
+    fn support_leaves_out_what_chance_lines_up_among_the_matches() {
+        let agreement = |inliers: usize, matches: u32| Agreement {
+            view: 0,
+            points: vec![[0.5, 0.5]; inliers],
+            mark_view: 0,
+            mark_points: vec![[0.5, 0.5]; inliers],
+            matches,
+        };
+        // Ten inliers out of ten matches: all of them count.
+        assert_eq!(agreement(10, 10).support(), 10);
+        // The same ten out of two hundred matches: chance accounts for half.
+        assert_eq!(agreement(10, 200).support(), 0);
+        assert_eq!(agreement(10, 100).support(), 5);
+        // Never below nothing.
+        assert_eq!(agreement(3, 400).support(), 0);
+        // The raw count, which the regions show point for point, is untouched.
+        assert_eq!(agreement(10, 200).inliers(), 10);
+        // So a mark whose few matches line up outranks one whose many scatter.
+        let (few, many) = (agreement(12, 20).support(), agreement(14, 160).support());
+        assert!(fuse(0.6, few) > fuse(0.6, many), "{few} vs {many}");
+    }
+
+    #[test]
+    fn a_real_match_keeps_its_support() {
+        // A drawing verified against itself moved: nearly every match is an
+        // inlier, so the support is most of the inliers.
+        let photo = Keypoints::of(&moved(&scribble(7, 240), 0.8, 12));
+        let mark = Keypoints::of(&scribble(7, 240));
+        let found = agreement(std::slice::from_ref(&photo), std::slice::from_ref(&mark))
+            .expect("the drawing verifies");
+        assert!(found.matches >= found.inliers());
+        assert!(
+            found.support() as f32 >= 0.9 * found.inliers() as f32,
+            "{} inliers of {} matches, support {}",
+            found.inliers(),
+            found.matches,
+            found.support()
         );
     }
 

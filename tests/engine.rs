@@ -506,7 +506,8 @@ fn verification_lifts_the_mark_whose_corners_line_up() {
             assert!(pair[0].score >= pair[1].score, "ranked by score");
         }
         for m in &result.matches {
-            assert_eq!(m.score, marklens::verify::fuse(m.similarity, m.inliers));
+            assert_eq!(m.score, marklens::verify::fuse(m.similarity, m.support));
+            assert!(m.support <= m.inliers, "{}", m.record.id);
             // A region for every verified match, with a corner per inlier.
             let corners = m.region.as_ref().map_or(0, |r| r.points.len());
             assert_eq!(corners, m.inliers as usize, "{}", m.record.id);

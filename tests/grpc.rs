@@ -239,6 +239,12 @@ async fn every_rpc_over_loopback() {
     let best = &found.matches[0];
     assert!(best.inliers > 0 && best.similarity > 0.99);
     assert!(best.score > best.similarity);
+    // The score is the similarity and the support, as the library makes it.
+    assert!(best.support > 0 && best.support <= best.inliers);
+    assert_eq!(
+        best.score,
+        marklens::verify::fuse(best.similarity, best.support)
+    );
     // Where they lie: inside the mark's image, one point per inlier.
     let region = best.region.as_ref().expect("a verified match has a region");
     assert_eq!(region.points.len(), best.inliers as usize);
@@ -614,6 +620,11 @@ async fn grpcurl_sees_health_reflection_enroll_and_search() {
     assert_eq!(reply["matches"][0]["mark"]["fields"]["name"], "via grpcurl");
     assert!(
         reply["matches"][0]["inliers"].as_u64().unwrap() > 0,
+        "{found}"
+    );
+    let support = reply["matches"][0]["support"].as_u64().unwrap();
+    assert!(
+        support > 0 && support <= reply["matches"][0]["inliers"].as_u64().unwrap(),
         "{found}"
     );
     // One point per inlier on both sides.

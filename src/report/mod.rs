@@ -66,6 +66,8 @@ struct MatchRow<'a> {
     score: f32,
     similarity: f32,
     inliers: u32,
+    /// What `score` counts of `inliers` ([`Match::support`]).
+    support: u32,
     /// Where in the photo the mark matched ([`crate::engine::Region`]).
     region: Option<&'a Region>,
     /// Where in the mark's recorded image, point for point.
@@ -88,6 +90,7 @@ impl<'a> From<&'a Match> for MatchRow<'a> {
             score: m.score,
             similarity: m.similarity,
             inliers: m.inliers,
+            support: m.support,
             region: m.region.as_ref(),
             mark_region: m.mark_region.as_ref(),
             mark_id: &m.record.id,

@@ -204,6 +204,7 @@ pub fn result_to_proto(request_id: String, result: &SearchResult) -> pb::SearchR
                 mark: Some(mark_to_proto(&m.record)),
                 similarity: m.similarity,
                 inliers: m.inliers,
+                support: m.support,
                 region: m.region.as_ref().map(region_to_proto),
                 mark_region: m.mark_region.as_ref().map(region_to_proto),
             })
@@ -282,6 +283,7 @@ pub fn result_from_proto(reply: pb::SearchResponse) -> Result<SearchResult, Stat
                 score: m.score,
                 similarity: m.similarity,
                 inliers: m.inliers,
+                support: m.support,
                 region: m.region.map(region_from_proto),
                 mark_region: m.mark_region.map(region_from_proto),
                 record: mark_from_proto(m.mark.unwrap_or_default())?,
