@@ -69,8 +69,9 @@ pub struct Evidence {
 
 impl Evidence {
     /// The evidence for `best` (score, inliers) against the inliers of every other
-    /// verified candidate. Not the runner-up by score: the score stops counting
-    /// inliers at [`crate::verify::CAP`], so a lower-scored rival may have more.
+    /// verified candidate. Not the runner-up by score: the score counts the
+    /// support (inliers less those chance accounts for) up to
+    /// [`crate::verify::CAP`], so a lower-scored rival may have more inliers.
     pub fn new(best: Option<(f32, u32)>, rivals: impl IntoIterator<Item = u32>) -> Evidence {
         let rival = rivals.into_iter().max().unwrap_or(0);
         Evidence {
@@ -96,7 +97,7 @@ pub struct Labelled {
 pub struct Calibration {
     /// The vector space (model fingerprint) the scores belong to.
     pub fingerprint: String,
-    /// How the scores were made from similarities and inliers
+    /// How the scores were made from similarities and verification
     /// ([`crate::verify::SCORING`]); empty in calibrations stored before it was
     /// recorded, which therefore match no scoring.
     #[serde(default)]

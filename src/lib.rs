@@ -8,7 +8,7 @@
 //! - [`embed`]: tensor -> unit embedding vector (ONNX Runtime or tract)
 //! - [`index`]: vector -> nearest labelled vectors (exact or HNSW)
 //! - [`store`]: the recorded marks in SQLite, the source of truth
-//! - [`verify`]: keypoints of photo and candidates -> inliers -> re-ranked candidates
+//! - [`verify`]: keypoints of photo and candidates -> inliers and support -> re-ranked candidates
 //! - [`decision`]: calibrated thresholds turning the best match's score and inlier margin into match / possible / no match
 //! - [`engine`]: the front door that ties them together: enrol, remove, search
 //! - [`report`]: screening reports (JSON, CSV, HTML) over search results

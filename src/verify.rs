@@ -131,8 +131,8 @@ pub fn fuse(similarity: f32, support: u32) -> f32 {
     similarity + WEIGHT * support.min(CAP) as f32 / CAP as f32
 }
 
-/// The most matches one similarity transform carries between any view of the
-/// photo and any view of the candidate.
+/// The matches one similarity transform carries between the photo's and the
+/// candidate's views that [`agreement`] picks.
 pub fn inliers(photo: &[Keypoints], candidate: &[Keypoints]) -> u32 {
     agreement(photo, candidate).map_or(0, |a| a.inliers())
 }
@@ -165,13 +165,18 @@ impl Agreement {
     /// The inliers less those [`CHANCE`] accounts for among the matches
     /// (rounded, at least 0): what the fused score counts.
     pub fn support(&self) -> u32 {
-        let chance = CHANCE * self.matches as f32;
-        (self.inliers() as f32 - chance).max(0.0).round() as u32
+        support(self.inliers(), self.matches)
     }
 }
 
+/// `inliers` less [`CHANCE`] of `matches`, rounded, at least 0.
+fn support(inliers: u32, matches: u32) -> u32 {
+    (inliers as f32 - CHANCE * matches as f32).max(0.0).round() as u32
+}
+
 /// The corners behind [`inliers`] (as many as it counts), from the first pair of
-/// views that gives the most; `None` when no transform carries any.
+/// views that gives the most support (then the most inliers); `None` when no
+/// transform carries any.
 pub fn agreement(photo: &[Keypoints], candidate: &[Keypoints]) -> Option<Agreement> {
     let mut best: Option<Agreement> = None;
     for (view, p) in photo.iter().enumerate() {
@@ -180,7 +185,11 @@ pub fn agreement(photo: &[Keypoints], candidate: &[Keypoints]) -> Option<Agreeme
             let (count, Some(transform)) = consensus(&pairs, p, c) else {
                 continue;
             };
-            if best.as_ref().is_some_and(|b| b.inliers() >= count) {
+            let strength = (support(count, pairs.len() as u32), count);
+            if best
+                .as_ref()
+                .is_some_and(|b| (b.support(), b.inliers()) >= strength)
+            {
                 continue;
             }
             let (points, mark_points) = pairs
@@ -737,12 +746,12 @@ mod tests {
     }
 
     /// What [`bounded`] verifies of `similarities` when candidate `i` has
-    /// `inliers[i]` inliers, and the ranges it asked for.
-    fn run_bounded(similarities: &[f32], inliers: &[u32]) -> (Vec<u32>, Vec<Range<usize>>) {
+    /// `support[i]` support, and the ranges it asked for.
+    fn run_bounded(similarities: &[f32], support: &[u32]) -> (Vec<u32>, Vec<Range<usize>>) {
         let mut asked = Vec::new();
         let found = bounded::<()>(similarities, |range| {
             asked.push(range.clone());
-            Ok(inliers[range].to_vec())
+            Ok(support[range].to_vec())
         })
         .expect("no error");
         (found, asked)

@@ -157,6 +157,7 @@ fn enroll_search_screen_and_manage_marks() {
                 // The best match's boxes, in the photo and in the mark's image.
                 assert_eq!(&headers[16], "region_box");
                 assert_eq!(&headers[17], "mark_region_box");
+                assert_eq!(&headers[18], "support");
                 let best = rows
                     .iter()
                     .find(|r| &r[2] == "1" && !r[6].is_empty())
@@ -165,6 +166,10 @@ fn enroll_search_screen_and_manage_marks() {
                     let b: Vec<f32> = cell.split(';').map(|v| v.parse().unwrap()).collect();
                     assert!(b.len() == 4 && b[0] < b[2] && b[1] < b[3], "{cell}");
                 }
+                // What the score counts of the inliers: some, and no more.
+                let inliers: u32 = best[5].parse().unwrap();
+                let support: u32 = best[18].parse().unwrap();
+                assert!(support > 0 && support <= inliers, "{support} of {inliers}");
             }
             _ => {
                 assert!(text.starts_with("<!doctype html>"));

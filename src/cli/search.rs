@@ -155,17 +155,27 @@ fn print_table(image: &Path, result: &SearchResult) {
         return;
     }
     println!(
-        "{:>4}  {:>6}  {:>6}  {:>7}  {:<24} {:<24} {:<28} {:<18} {:<9}",
-        "rank", "score", "cosine", "inliers", "mark id", "name", "holder", "recordation", "status"
+        "{:>4}  {:>6}  {:>6}  {:>7}  {:>7}  {:<24} {:<24} {:<28} {:<18} {:<9}",
+        "rank",
+        "score",
+        "cosine",
+        "inliers",
+        "support",
+        "mark id",
+        "name",
+        "holder",
+        "recordation",
+        "status"
     );
     for m in &result.matches {
         let f = &m.record.fields;
         println!(
-            "{:>4}  {:>6.3}  {:>6.3}  {:>7}  {:<24} {:<24} {:<28} {:<18} {:<9}",
+            "{:>4}  {:>6.3}  {:>6.3}  {:>7}  {:>7}  {:<24} {:<24} {:<28} {:<18} {:<9}",
             m.rank,
             m.score,
             m.similarity,
             m.inliers,
+            m.support,
             clip(&m.record.id, 24),
             clip(f.name.as_deref().unwrap_or("-"), 24),
             clip(f.holder.as_deref().unwrap_or("-"), 28),

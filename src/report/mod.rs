@@ -162,7 +162,7 @@ pub fn write_json(out: &mut dyn Write, reports: &[QueryReport]) -> std::io::Resu
     writeln!(out)
 }
 
-const CSV_HEADER: [&str; 18] = [
+const CSV_HEADER: [&str; 19] = [
     "query",
     "decision",
     "rank",
@@ -181,12 +181,14 @@ const CSV_HEADER: [&str; 18] = [
     "error",
     "region_box",
     "mark_region_box",
+    "support",
 ];
 
 /// One row per match; a query without matches (or that failed) gets one row with
-/// empty match columns. The region columns, last so that the others keep their
-/// places, hold the box where the match lined up as `left;top;right;bottom`, in
-/// the photo's pixels and in the recorded image's.
+/// empty match columns. The region columns hold the box where the match lined
+/// up as `left;top;right;bottom`, in the photo's pixels and in the recorded
+/// image's; they and `support` (what the score counts of the inliers) come last,
+/// in the order they were added, so that earlier columns keep their places.
 pub fn write_csv(out: &mut dyn Write, reports: &[QueryReport]) -> std::io::Result<()> {
     let mut writer = csv::Writer::from_writer(out);
     let csv_err = |e: csv::Error| std::io::Error::other(e.to_string());
@@ -231,6 +233,7 @@ pub fn write_csv(out: &mut dyn Write, reports: &[QueryReport]) -> std::io::Resul
                     &error,
                     &region_box(m.region.as_ref()),
                     &region_box(m.mark_region.as_ref()),
+                    &m.support.to_string(),
                 ])
                 .map_err(csv_err)?;
         }
